@@ -1,0 +1,116 @@
+"""Accelerators and the parsing of ``accelerator=`` and ``devices=``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from treadle.accelerators.base import Accelerator
+from treadle.accelerators.cpu import CPUAccelerator
+from treadle.accelerators.cuda import CUDAAccelerator
+from treadle.accelerators.mps import MPSAccelerator
+
+ACCELERATORS: dict[str, type[Accelerator]] = {
+    "cpu": CPUAccelerator,
+    "cuda": CUDAAccelerator,
+    "mps": MPSAccelerator,
+}
+_CHOICES = ("auto", "cpu", "cuda", "gpu", "mps")
+
+__all__ = ["ACCELERATORS", "Accelerator", "CPUAccelerator", "CUDAAccelerator", "MPSAccelerator",
+           "parse_accelerator", "parse_devices"]
+
+
+def parse_accelerator(accelerator: str | Accelerator) -> Accelerator:
+    """Turn ``Fabric(accelerator=...)`` into an Accelerator, checking that the hardware is there."""
+    if isinstance(accelerator, Accelerator):
+        return accelerator
+    if not isinstance(accelerator, str) or accelerator.lower() not in _CHOICES:
+        raise ValueError(
+            f"Fabric(accelerator={accelerator!r}) is not an accelerator. "
+            f"Choose one of: {', '.join(map(repr, _CHOICES))}, or pass an Accelerator instance."
+        )
+    name = accelerator.lower()
+    if name == "auto":
+        for candidate in (CUDAAccelerator, MPSAccelerator):
+            if candidate.is_available():
+                return candidate()
+        return CPUAccelerator()
+    if name == "gpu":
+        for candidate in (CUDAAccelerator, MPSAccelerator):
+            if candidate.is_available():
+                return candidate()
+        raise RuntimeError(
+            "Fabric(accelerator='gpu') found no GPU: torch sees neither CUDA nor MPS. "
+            "Use accelerator='cpu', or install a CUDA build of torch on a machine with a GPU."
+        )
+    chosen = ACCELERATORS[name]
+    if not chosen.is_available():
+        raise RuntimeError(
+            f"Fabric(accelerator={accelerator!r}) is not available on this machine "
+            f"(torch {_torch_version()} sees no {name} device). Use accelerator='auto' to take what is here."
+        )
+    return chosen()
+
+
+def parse_devices(devices: int | str | Sequence[int], accelerator: Accelerator) -> list[int]:
+    """Turn ``Fabric(devices=...)`` into a list of device indices on ``accelerator``.
+
+    Accepts a positive int (the first N devices), ``-1`` (all), ``"auto"``, a list of indices, or the same as
+    strings (``"2"``, ``"0,1"``, ``"-1"``).
+    """
+    original = devices
+    if isinstance(devices, str):
+        text = devices.strip()
+        if text == "auto":
+            return list(range(max(accelerator.auto_device_count(), 1)))
+        try:
+            if "," in text:
+                devices = [int(part) for part in text.split(",") if part.strip()]
+            else:
+                devices = int(text)
+        except ValueError:
+            raise ValueError(_devices_error(original)) from None
+    if isinstance(devices, bool):
+        raise ValueError(_devices_error(original))
+    available = accelerator.device_count()
+    if isinstance(devices, int):
+        if devices == -1:
+            return list(range(available))
+        if devices < 1:
+            raise ValueError(_devices_error(original))
+        if accelerator.name != "cpu" and devices > available:
+            raise ValueError(
+                f"Fabric(devices={original!r}) asks for {devices} {accelerator.name} devices, "
+                f"but only {available} are visible. Lower `devices`, or use devices=-1 for all of them."
+            )
+        return list(range(devices))
+    if isinstance(devices, Sequence) and devices and all(
+        isinstance(i, int) and not isinstance(i, bool) for i in devices
+    ):
+        indices = list(devices)
+        if len(set(indices)) != len(indices):
+            raise ValueError(f"Fabric(devices={original!r}) lists a device twice. List each index once.")
+        if accelerator.name == "cpu":
+            # CPU indices carry no identity; a list only says how many processes to run.
+            return list(range(len(indices)))
+        bad = [i for i in indices if not 0 <= i < available]
+        if bad:
+            raise ValueError(
+                f"Fabric(devices={original!r}) names {accelerator.name} device(s) {bad}, but the visible "
+                f"indices are 0..{available - 1}. Pick indices from that range."
+            )
+        return indices
+    raise ValueError(_devices_error(original))
+
+
+def _devices_error(value: object) -> str:
+    return (
+        f"Fabric(devices={value!r}) is not a device selection. Use a positive int (how many), -1 (all), "
+        "'auto', or a list of device indices such as [0, 1]."
+    )
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__

@@ -1,0 +1,64 @@
+"""The ``treadle`` command: ``run`` (start a script on N processes), ``demo`` (the first job), ``plot`` (curves).
+
+Each subcommand's work lives in its own module and is imported only when that subcommand runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="treadle", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    from treadle.launch_cli import add_run_arguments
+
+    add_run_arguments(commands.add_parser("run", help="start a training script on several processes"))
+
+    demo = commands.add_parser("demo", help="train a small model on CPU with the Trainer, logs and checkpoints")
+    demo.add_argument("--root", default="demo_runs", help="folder for logs, checkpoints and curves (default: demo_runs)")
+    demo.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --root")
+    demo.add_argument("--max-epochs", type=int, default=None, help="override the number of epochs")
+    demo.add_argument("--no-progress-bar", action="store_true", help="plain lines instead of a progress bar")
+
+    plot = commands.add_parser("plot", help="draw the curves of a CSV log to a PNG")
+    plot.add_argument("log_dir", help="a version folder holding metrics.csv, or its parent")
+    plot.add_argument("-o", "--output", default=None, help="PNG to write (default: LOG_DIR/curves.png)")
+    plot.add_argument("-m", "--metric", action="append", default=None, help="only this metric (repeatable)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``treadle`` console script and ``python -m treadle``."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "run":
+        from treadle.launch_cli import run_command
+
+        return run_command(args, extra)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "demo":
+        from treadle.demo import run_demo
+
+        return run_demo(
+            root=args.root,
+            resume=args.resume,
+            max_epochs=args.max_epochs,
+            progress_bar=not args.no_progress_bar,
+        )
+    if args.command == "plot":
+        from treadle.plot import plot_metrics
+
+        path = plot_metrics(args.log_dir, output=args.output, metrics=args.metric)
+        print(f"curves written to {path}")
+        return 0
+    parser.print_help()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

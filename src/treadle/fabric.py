@@ -1,0 +1,577 @@
+"""Fabric: the façade a hand-written training loop talks to. It parses settings and delegates.
+
+Devices live in ``accelerators``, numerics in ``precision``, processes and communication in ``strategies``,
+files in ``checkpoint``, and callbacks in ``callbacks``. Nothing here asks which concrete strategy it has.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import weakref
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from typing import Any, TypeVar, overload
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from treadle.accelerators import Accelerator, parse_accelerator, parse_devices
+from treadle.callbacks import CallbackDispatcher
+from treadle.precision import Precision, PrecisionInput, parse_precision
+from treadle.strategies import REDUCE_OPS, ReduceOp, Strategy, parse_strategy, read_environment
+from treadle.tree import map_tensors, move_to_device
+from treadle.wrappers import FabricDataLoader, FabricModule, FabricOptimizer
+
+T = TypeVar("T")
+StateFilter = Mapping[str, Callable[[str, Any], bool]]
+
+
+class Fabric:
+    """Devices, precision, distributed training, checkpoints, logging and callbacks for your own loop.
+
+    Args:
+        accelerator: ``"cpu"``, ``"cuda"``, ``"mps"``, ``"gpu"`` (any GPU), ``"auto"``, or an Accelerator.
+        strategy: ``"auto"``, ``"single_device"``, ``"ddp"``, ``"ddp_spawn"``, ``"fsdp"``, or a Strategy.
+        devices: how many devices (int), which ones (list of indices), ``-1`` for all, or ``"auto"``.
+        num_nodes: how many machines the job spans.
+        precision: ``"32-true"``, ``"64-true"``, ``"16-mixed"``, ``"bf16-mixed"``, ``"16-true"``,
+            ``"bf16-true"``, the aliases ``"64"``, ``"32"``, ``"16"``, ``"bf16"``, ``64``, ``32``, ``16``,
+            or a Precision.
+        callbacks: one object or a list of objects whose methods ``call`` invokes by name.
+        loggers: one logger or a list of loggers (see ``treadle.loggers``); metrics go to all of them.
+        strict_hooks: if True, a callback method named ``on_*`` that is not a known hook is an error.
+
+    Raises:
+        ValueError: an argument is not a valid choice; the message lists the valid ones.
+
+    Example::
+
+        fabric = Fabric(accelerator="cpu", precision="bf16-mixed", callbacks=[MyCallback()])
+        model, optimizer = fabric.setup(model, optimizer)
+        loader = fabric.setup_dataloaders(loader)
+        for batch in loader:
+            loss = model(batch).mean()
+            fabric.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad()
+            fabric.call("on_train_batch_end", loss=loss)
+    """
+
+    def __init__(
+        self,
+        accelerator: str | Accelerator = "auto",
+        strategy: str | Strategy = "auto",
+        devices: int | str | Sequence[int] = "auto",
+        num_nodes: int = 1,
+        precision: PrecisionInput | None = "32-true",
+        callbacks: Any = None,
+        loggers: Any = None,
+        strict_hooks: bool = False,
+    ) -> None:
+        if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 1:
+            raise ValueError(f"Fabric(num_nodes={num_nodes!r}) must be a positive int, e.g. num_nodes=2.")
+        if not isinstance(strict_hooks, bool):
+            raise TypeError(f"Fabric(strict_hooks={strict_hooks!r}) must be True or False.")
+        environment = read_environment()
+        self._accelerator = parse_accelerator(accelerator)
+        device_indices = parse_devices(devices, self._accelerator)
+        if environment.launched and devices == "auto":
+            # Under torchrun each process drives one device; "auto" means "as the launcher says".
+            device_indices = list(range(environment.local_world_size))
+        self._precision = parse_precision(precision, self._accelerator.device_type)
+        num_processes = environment.world_size if environment.launched else len(device_indices) * num_nodes
+        self._strategy = parse_strategy(strategy, num_processes)
+        self._strategy.connect(self._accelerator, self._precision, device_indices, num_nodes, environment)
+        self._callbacks = CallbackDispatcher(
+            callbacks, strict_hooks=strict_hooks, global_rank=self._strategy.global_rank
+        )
+        self._loggers = _parse_loggers(loggers)
+        self._environment_ready = False
+        self._setup_modules: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+
+    # --- who and where ------------------------------------------------------------------------------------
+    @property
+    def accelerator(self) -> Accelerator:
+        return self._accelerator
+
+    @property
+    def strategy(self) -> Strategy:
+        return self._strategy
+
+    @property
+    def precision(self) -> Precision:
+        return self._precision
+
+    @property
+    def device(self) -> torch.device:
+        """The device this process computes on."""
+        return self._strategy.root_device
+
+    @property
+    def global_rank(self) -> int:
+        return self._strategy.global_rank
+
+    @property
+    def local_rank(self) -> int:
+        return self._strategy.local_rank
+
+    @property
+    def node_rank(self) -> int:
+        return self._strategy.node_rank
+
+    @property
+    def world_size(self) -> int:
+        return self._strategy.world_size
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self._strategy.is_global_zero
+
+    @property
+    def loggers(self) -> list[Any]:
+        return list(self._loggers)
+
+    @property
+    def logger(self) -> Any:
+        """The first logger; raises if there is none."""
+        if not self._loggers:
+            raise AttributeError(
+                "This Fabric has no logger. Pass one, e.g. Fabric(loggers=CSVLogger('logs'))."
+            )
+        return self._loggers[0]
+
+    # --- callbacks ----------------------------------------------------------------------------------------
+    @property
+    def callbacks(self) -> tuple[Any, ...]:
+        """The registered callbacks, in the order ``call`` visits them (read-only)."""
+        return self._callbacks.callbacks
+
+    def call(self, hook_name: str, /, *args: Any, **kwargs: Any) -> list[Any]:
+        """Call ``hook_name`` on every callback that has it, in registration order.
+
+        Keyword arguments a callback's method does not accept are not passed to it, so a callback declares
+        only what it needs. Callbacks without the method are skipped.
+
+        Args:
+            hook_name: the method name, e.g. ``"on_train_batch_end"``.
+            *args: passed unchanged to every callback.
+            **kwargs: passed to each callback that accepts them.
+
+        Returns:
+            The values the called callbacks returned, in order.
+
+        Raises:
+            TypeError: ``hook_name`` is not a str, or a callback requires an argument nobody passed.
+
+        Example::
+
+            fabric.call("on_train_batch_end", loss=loss, output=output)
+        """
+        return self._callbacks.call(hook_name, *args, **kwargs)
+
+    def register_hook(self, name: str) -> None:
+        """Declare a hook of your own so that misspellings of it in callbacks are reported."""
+        self._callbacks.register_hook(name)
+
+    def add_callback(self, callback: object) -> None:
+        """Register one more callback; it is called after the existing ones."""
+        self._callbacks.add(callback)
+
+    def remove_callback(self, callback: object) -> None:
+        """Unregister ``callback`` (compared by identity)."""
+        self._callbacks.remove(callback)
+
+    # --- processes ----------------------------------------------------------------------------------------
+    def launch(self, function: Callable[..., T] | None = None, *args: Any, **kwargs: Any) -> T | None:
+        """Start the processes of the job (if the launcher has not) and join them together.
+
+        Without ``function`` every process continues running the script after this call. With it,
+        ``function(fabric, *args, **kwargs)`` runs on every rank and rank 0's result is returned.
+
+        Example::
+
+            fabric = Fabric(strategy="ddp", devices=2)
+            fabric.launch()
+        """
+        if function is not None and not callable(function):
+            raise TypeError(
+                f"Fabric.launch(function={function!r}) must be callable as function(fabric, *args), or omitted."
+            )
+        if self._environment_ready:
+            if function is None:
+                return None
+            return function(self, *args, **kwargs)
+        if function is None:
+            self._strategy.launch(self._prepare_environment)
+            return None
+        return self._strategy.launch(self._run_on_rank, function, *args, **kwargs)
+
+    def _run_on_rank(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        self._prepare_environment()
+        return function(self, *args, **kwargs)
+
+    def _prepare_environment(self) -> None:
+        if self._environment_ready:
+            return
+        self._strategy.setup_environment()
+        self._callbacks.set_global_rank(self._strategy.global_rank)
+        self._environment_ready = True
+
+    def _require_environment(self, method: str) -> None:
+        if self._environment_ready:
+            return
+        if not self._strategy.launched:
+            raise RuntimeError(
+                f"Fabric.{method}() was called before the processes were started. "
+                "Call fabric.launch() first (or start the script with torchrun / `treadle run`)."
+            )
+        self._prepare_environment()
+
+    # --- setup --------------------------------------------------------------------------------------------
+    @overload
+    def setup(self, module: nn.Module, *, move_to_device: bool = True) -> FabricModule: ...
+
+    @overload
+    def setup(
+        self, module: nn.Module, *optimizers: torch.optim.Optimizer, scheduler: Any = None, move_to_device: bool = True
+    ) -> Any: ...
+
+    def setup(
+        self,
+        module: nn.Module,
+        *optimizers: torch.optim.Optimizer,
+        scheduler: Any = None,
+        move_to_device: bool = True,
+    ) -> Any:
+        """Prepare a model and its optimizers for the device, precision and strategy.
+
+        Args:
+            module: the model.
+            *optimizers: its optimizers, created on the model's parameters.
+            scheduler: an LR scheduler; returned last, unchanged.
+            move_to_device: move the model to ``fabric.device`` (set False if you placed it yourself).
+
+        Returns:
+            The wrapped module alone, or ``(module, *optimizers)``, with the scheduler last if given.
+
+        Example::
+
+            model, optimizer = fabric.setup(model, optimizer)
+        """
+        wrapped = self.setup_module(module, move_to_device=move_to_device)
+        wrapped_optimizers = self.setup_optimizers(*optimizers) if optimizers else ()
+        if isinstance(wrapped_optimizers, FabricOptimizer):
+            wrapped_optimizers = (wrapped_optimizers,)
+        if not optimizers and scheduler is None:
+            return wrapped
+        result: tuple[Any, ...] = (wrapped, *wrapped_optimizers)
+        return (*result, scheduler) if scheduler is not None else result
+
+    def setup_module(self, module: nn.Module, move_to_device: bool = True) -> FabricModule:
+        """Prepare a model (device, precision, strategy wrapping) without optimizers.
+
+        Fires the hook ``on_after_setup(fabric, module)``.
+        """
+        self._check_setup_module(module)
+        self._require_environment("setup_module")
+        module = self._precision.convert_module(module)
+        if move_to_device:
+            self._strategy.module_to_device(module)
+        forward_module = self._strategy.setup_module(module)
+        wrapped = FabricModule(forward_module, module, self._precision)
+        self._setup_modules.add(module)
+        self._setup_modules.add(wrapped)
+        self._callbacks.call("on_after_setup", fabric=self, module=wrapped)
+        return wrapped
+
+    def setup_optimizers(self, *optimizers: torch.optim.Optimizer) -> Any:
+        """Prepare optimizers: their ``step`` goes through the precision (grad scaler) and fires hooks.
+
+        Returns:
+            One wrapped optimizer, or a tuple of them when several are given.
+        """
+        if not optimizers:
+            raise ValueError("Fabric.setup_optimizers() needs at least one optimizer.")
+        self._require_environment("setup_optimizers")
+        wrapped = []
+        for position, optimizer in enumerate(optimizers):
+            if isinstance(optimizer, FabricOptimizer):
+                raise ValueError(
+                    f"The optimizer at position {position} is already set up. Pass each optimizer to setup once."
+                )
+            if not isinstance(optimizer, torch.optim.Optimizer):
+                raise TypeError(
+                    f"Fabric.setup_optimizers() got {type(optimizer).__name__} at position {position}; "
+                    "it takes torch.optim.Optimizer instances."
+                )
+            prepared = self._strategy.setup_optimizer(optimizer)
+            wrapped.append(FabricOptimizer(prepared, self._strategy, self._callbacks.call))
+        return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
+
+    def setup_dataloaders(
+        self, *dataloaders: DataLoader[Any], use_distributed_sampler: bool = True, move_to_device: bool = True
+    ) -> Any:
+        """Prepare dataloaders: batches arrive on ``fabric.device``; with several processes each rank reads
+        its own share of the data (a DistributedSampler is put in, unless ``use_distributed_sampler=False``).
+
+        Returns:
+            One wrapped dataloader, or a tuple of them when several are given.
+        """
+        if not dataloaders:
+            raise ValueError("Fabric.setup_dataloaders() needs at least one DataLoader.")
+        self._require_environment("setup_dataloaders")
+        from treadle.data import prepare_dataloader  # the sampler logic is only needed here
+
+        device = self.device if move_to_device and self.device.type != "cpu" else None
+        wrapped = []
+        for position, loader in enumerate(dataloaders):
+            if isinstance(loader, FabricDataLoader):
+                raise ValueError(
+                    f"The dataloader at position {position} is already set up. Pass each dataloader once."
+                )
+            if not isinstance(loader, DataLoader):
+                raise TypeError(
+                    f"Fabric.setup_dataloaders() got {type(loader).__name__} at position {position}; "
+                    "it takes torch.utils.data.DataLoader instances."
+                )
+            sampler_kwargs = self._strategy.distributed_sampler_kwargs() if use_distributed_sampler else None
+            loader = prepare_dataloader(loader, sampler_kwargs, global_rank=self.global_rank)
+            wrapped.append(FabricDataLoader(loader, device))
+        return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
+
+    def _check_setup_module(self, module: nn.Module) -> None:
+        if isinstance(module, FabricModule) or module in self._setup_modules:
+            raise ValueError(
+                "This module is already set up. Set up each module once, and keep using the object setup "
+                "returned."
+            )
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"Fabric.setup() takes a torch.nn.Module, not {type(module).__name__}.")
+
+    # --- the training step --------------------------------------------------------------------------------
+    def backward(self, tensor: torch.Tensor, *args: Any, model: FabricModule | None = None, **kwargs: Any) -> None:
+        """Compute gradients of ``tensor`` (scaled under a grad scaler, synchronised under DDP).
+
+        Fires ``on_before_backward(loss)`` and ``on_after_backward()``.
+        """
+        if not self._setup_modules:
+            raise RuntimeError(
+                "Fabric.backward() was called before any module was set up. "
+                "Call `model, optimizer = fabric.setup(model, optimizer)` first."
+            )
+        call = self._callbacks.call
+        call("on_before_backward", loss=tensor)
+        self._strategy.backward(tensor, model, *args, **kwargs)
+        call("on_after_backward")
+
+    def clip_gradients(
+        self,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        clip_val: float | None = None,
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        error_if_nonfinite: bool = True,
+    ) -> torch.Tensor | None:
+        """Clip gradients by value (``clip_val``) or by total norm (``max_norm``); unscales them first.
+
+        Returns:
+            The total norm before clipping when ``max_norm`` is given, else None.
+        """
+        if (clip_val is None) == (max_norm is None):
+            raise ValueError(
+                f"Fabric.clip_gradients(clip_val={clip_val!r}, max_norm={max_norm!r}): give exactly one of them."
+            )
+        if not isinstance(optimizer, FabricOptimizer):
+            raise TypeError(
+                "Fabric.clip_gradients() takes the optimizer returned by fabric.setup(), so that gradients "
+                "are unscaled before clipping."
+            )
+        inner = optimizer.optimizer
+        if max_norm is not None:
+            return self._strategy.clip_gradients_norm(
+                module, inner, max_norm, norm_type=norm_type, error_if_nonfinite=error_if_nonfinite
+            )
+        assert clip_val is not None
+        self._strategy.clip_gradients_value(module, inner, clip_val)
+        return None
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The precision's forward context, for code that runs outside the wrapped module's forward."""
+        return self._precision.forward_context()
+
+    def no_backward_sync(self, module: FabricModule, enabled: bool = True) -> contextlib.AbstractContextManager[Any]:
+        """Skip gradient synchronisation inside this context (for gradient accumulation).
+
+        Example::
+
+            with fabric.no_backward_sync(model, enabled=not is_last_micro_batch):
+                fabric.backward(model(batch).mean())
+        """
+        if not isinstance(module, FabricModule):
+            raise TypeError(
+                "Fabric.no_backward_sync() takes the module returned by fabric.setup(), "
+                f"got {type(module).__name__}."
+            )
+        return self._strategy.no_backward_sync(module._forward_module, enabled)
+
+    # --- placement and creation ---------------------------------------------------------------------------
+    def to_device(self, obj: T) -> T:
+        """Move a module, a tensor, or tensors nested in lists/dicts/tuples/dataclasses to ``fabric.device``."""
+        if isinstance(obj, nn.Module):
+            self._strategy.module_to_device(obj)
+            return obj
+        return move_to_device(obj, self.device)  # type: ignore[no-any-return]
+
+    def init_module(self, empty_init: bool | None = None) -> contextlib.AbstractContextManager[None]:
+        """Create modules directly on the device, in the precision's dtype.
+
+        Args:
+            empty_init: skip weight initialisation (the weights will be loaded from a checkpoint next).
+        """
+        self._require_environment("init_module")
+        return self._strategy.module_init_context(empty_init)
+
+    def init_tensor(self) -> contextlib.AbstractContextManager[None]:
+        """Create tensors directly on the device, in the precision's dtype."""
+        self._require_environment("init_tensor")
+        return self._strategy.tensor_init_context()
+
+    # --- between processes --------------------------------------------------------------------------------
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        """``print`` on global rank 0 only."""
+        if self.is_global_zero:
+            print(*args, **kwargs)
+
+    def barrier(self, name: str | None = None) -> None:
+        """Wait until every process reaches this line."""
+        self._strategy.barrier(name)
+
+    def broadcast(self, obj: T, src: int = 0) -> T:
+        """Send ``obj`` (any picklable object) from rank ``src`` to every rank."""
+        return self._strategy.broadcast(obj, src)
+
+    def all_gather(self, data: Any, sync_grads: bool = False) -> Any:
+        """Gather tensors (or tensors nested in collections) from every rank, stacked on a new first dim."""
+        strategy = self._strategy
+        return map_tensors(data, lambda tensor: strategy.all_gather(tensor, sync_grads=sync_grads))
+
+    def all_reduce(self, data: Any, reduce_op: ReduceOp = "mean") -> Any:
+        """Reduce tensors (or numbers, or nested collections) across ranks with ``"mean"``, ``"sum"``,
+        ``"max"`` or ``"min"``."""
+        if reduce_op not in REDUCE_OPS:
+            raise ValueError(
+                f"Fabric.all_reduce(reduce_op={reduce_op!r}) is not supported. "
+                f"Choose one of: {', '.join(map(repr, REDUCE_OPS))}."
+            )
+        strategy = self._strategy
+        if isinstance(data, (int, float)) and not isinstance(data, bool):
+            return strategy.all_reduce(torch.tensor(data, device=self.device), reduce_op)
+        return map_tensors(data, lambda tensor: strategy.all_reduce(tensor, reduce_op))
+
+    def all_reduce_bool(self, flag: bool, mode: str = "any") -> bool:
+        """Reduce a boolean across ranks (``"any"`` or ``"all"``) so every rank takes the same decision."""
+        if mode not in ("any", "all"):
+            raise ValueError(f"Fabric.all_reduce_bool(mode={mode!r}) must be 'any' or 'all'.")
+        return self._strategy.all_reduce_bool(bool(flag), mode)  # type: ignore[arg-type]
+
+    @contextlib.contextmanager
+    def rank_zero_first(self, local: bool = False) -> Generator[None, None, None]:
+        """Let rank 0 (per node if ``local``) run the block first, e.g. to download or cache data once."""
+        rank = self.local_rank if local else self.global_rank
+        if rank != 0:
+            self.barrier("rank_zero_first")
+        yield
+        if rank == 0:
+            self.barrier("rank_zero_first")
+
+    @staticmethod
+    def seed_everything(seed: int | None = None, workers: bool = False) -> int:
+        """Seed python, numpy (if installed) and torch; returns the seed used."""
+        from treadle.seed import seed_everything
+
+        return seed_everything(seed, workers=workers)
+
+    # --- logging ------------------------------------------------------------------------------------------
+    def log(self, name: str, value: Any, step: int | None = None) -> None:
+        """Send one metric to every logger (on global rank 0).
+
+        Raises:
+            ValueError: ``value`` is a tensor with more than one element.
+        """
+        self.log_dict({name: value}, step=step)
+
+    def log_dict(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Send several metrics to every logger (on global rank 0)."""
+        if not self._loggers or not self.is_global_zero:
+            return
+        numbers = {name: _to_number(name, value) for name, value in metrics.items()}
+        for logger in self._loggers:
+            logger.log_metrics(numbers, step=step)
+
+    # --- checkpoints --------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str], state: Mapping[str, Any], filter: StateFilter | None = None) -> None:
+        """Save modules, optimizers, anything with ``state_dict`` and plain values, atomically.
+
+        Args:
+            path: the file to write; parent folders are created.
+            state: e.g. ``{"model": model, "optimizer": optimizer, "step": step}``.
+            filter: per key, a predicate ``(name, value) -> bool`` selecting state-dict entries to keep.
+        """
+        self._strategy.save_checkpoint(os.fspath(path), state, filter=filter)
+
+    def load(
+        self,
+        path: str | os.PathLike[str],
+        state: dict[str, Any] | None = None,
+        strict: bool = True,
+        weights_only: bool = True,
+    ) -> dict[str, Any]:
+        """Load a checkpoint written by ``save``, restoring the objects in ``state`` in place.
+
+        Returns:
+            The checkpoint entries that ``state`` did not ask for (the whole checkpoint if ``state`` is None).
+        """
+        return self._strategy.load_checkpoint(os.fspath(path), state, strict=strict, weights_only=weights_only)
+
+    def load_raw(self, path: str | os.PathLike[str], obj: nn.Module | torch.optim.Optimizer, strict: bool = True) -> None:
+        """Load a bare state dict (``torch.save(model.state_dict())``) into a module or optimizer."""
+        from treadle.checkpoint import load_raw
+
+        if isinstance(obj, FabricModule):
+            obj = obj.module
+        elif isinstance(obj, FabricOptimizer):
+            obj = obj.optimizer
+        load_raw(os.fspath(path), obj, strict=strict)
+
+    def __repr__(self) -> str:
+        return (
+            f"Fabric(accelerator={self._accelerator.name!r}, strategy={self._strategy!r}, "
+            f"precision={self._precision.name!r}, world_size={self.world_size})"
+        )
+
+
+def _parse_loggers(loggers: Any) -> list[Any]:
+    if loggers is None:
+        return []
+    items: Iterable[Any] = loggers if isinstance(loggers, (list, tuple)) else [loggers]
+    parsed = list(items)
+    for position, logger in enumerate(parsed):
+        if not callable(getattr(logger, "log_metrics", None)):
+            raise TypeError(
+                f"Fabric(loggers=...) item {position} ({type(logger).__name__}) is not a logger: it has no "
+                "log_metrics(metrics, step) method. Use treadle.loggers.CSVLogger or TensorBoardLogger."
+            )
+    return parsed
+
+
+def _to_number(name: str, value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(
+                f"Fabric.log({name!r}, ...) got a tensor of shape {tuple(value.shape)}; only single numbers "
+                "can be logged. Reduce it first, e.g. value.mean()."
+            )
+        return value.item()
+    return value

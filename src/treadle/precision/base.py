@@ -1,0 +1,73 @@
+"""The precision extension point: a concrete class whose every method is a sensible no-op.
+
+A new precision overrides only what it changes (``forward_context`` for autocast, ``convert_module`` for a
+dtype, ``pre_backward``/``optimizer_step`` for loss scaling).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+class Precision:
+    """Full-precision defaults: nothing is cast, scaled or wrapped."""
+
+    name: ClassVar[str] = "32-true"
+
+    def convert_module(self, module: nn.Module) -> nn.Module:
+        """Cast a module's parameters for this precision when it is set up."""
+        return module
+
+    @contextlib.contextmanager
+    def module_init_context(self) -> Iterator[None]:
+        """Context under which modules are created (``fabric.init_module()``)."""
+        yield
+
+    @contextlib.contextmanager
+    def tensor_init_context(self) -> Iterator[None]:
+        """Context under which plain tensors are created (``fabric.init_tensor()``)."""
+        yield
+
+    def forward_context(self) -> contextlib.AbstractContextManager[Any]:
+        """Context the wrapped module's forward runs in (autocast for mixed precision)."""
+        return contextlib.nullcontext()
+
+    def convert_input(self, data: Any) -> Any:
+        """Cast floating-point inputs of a forward call."""
+        return data
+
+    def convert_output(self, data: Any) -> Any:
+        """Cast floating-point outputs of a forward call back for the loss."""
+        return data
+
+    def pre_backward(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Return the tensor to call ``backward`` on (scaled, under a grad scaler)."""
+        return tensor
+
+    def backward(self, tensor: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        self.pre_backward(tensor).backward(*args, **kwargs)
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, **kwargs: Any) -> Any:
+        return optimizer.step(**kwargs)
+
+    def unscale_gradients(self, optimizer: torch.optim.Optimizer) -> None:
+        """Bring gradients to their true scale before clipping (only a grad scaler needs this)."""
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler | None:
+        """The grad scaler, where this precision has one."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"

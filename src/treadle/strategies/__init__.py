@@ -1,0 +1,64 @@
+"""Strategies and the parsing of ``strategy=``: a plain name -> factory table.
+
+Distributed strategies are imported only when asked for, so ``import treadle`` stays cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from treadle.strategies.base import REDUCE_OPS, ReduceOp, Strategy
+from treadle.strategies.environment import ProcessEnvironment, read_environment
+from treadle.strategies.single_device import SingleDeviceStrategy
+
+
+def _ddp() -> Strategy:
+    from treadle.strategies.ddp import DDPStrategy
+
+    return DDPStrategy()
+
+
+def _ddp_spawn() -> Strategy:
+    from treadle.strategies.ddp import DDPStrategy
+
+    return DDPStrategy(start_method="spawn")
+
+
+def _fsdp() -> Strategy:
+    from treadle.strategies.fsdp import FSDPStrategy
+
+    return FSDPStrategy()
+
+
+STRATEGIES: dict[str, Callable[[], Strategy]] = {
+    "single_device": SingleDeviceStrategy,
+    "ddp": _ddp,
+    "ddp_spawn": _ddp_spawn,
+    "fsdp": _fsdp,
+}
+
+__all__ = [
+    "REDUCE_OPS",
+    "STRATEGIES",
+    "ProcessEnvironment",
+    "ReduceOp",
+    "SingleDeviceStrategy",
+    "Strategy",
+    "parse_strategy",
+    "read_environment",
+]
+
+
+def parse_strategy(strategy: str | Strategy, num_processes: int) -> Strategy:
+    """Turn ``Fabric(strategy=...)`` into a Strategy; ``"auto"`` picks by how many processes the job has."""
+    if isinstance(strategy, Strategy):
+        return strategy
+    if not isinstance(strategy, str) or (strategy != "auto" and strategy not in STRATEGIES):
+        choices = ", ".join(repr(name) for name in ["auto", *STRATEGIES])
+        raise ValueError(
+            f"Fabric(strategy={strategy!r}) is not a strategy. Choose one of: {choices}, "
+            "or pass a Strategy instance such as DDPStrategy(find_unused_parameters=True)."
+        )
+    if strategy == "auto":
+        strategy = "ddp" if num_processes > 1 else "single_device"
+    return STRATEGIES[strategy]()

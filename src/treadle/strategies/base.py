@@ -1,0 +1,218 @@
+"""What a strategy does: place processes, wrap modules and optimizers, and communicate between ranks.
+
+The defaults here are those of one process on one device, so a single-device strategy overrides almost
+nothing and a distributed one overrides what it changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, ClassVar, Literal, TypeVar
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from treadle import checkpoint
+from treadle.accelerators import Accelerator
+from treadle.precision import Precision
+from treadle.strategies.environment import ProcessEnvironment
+
+T = TypeVar("T")
+ReduceOp = Literal["mean", "sum", "max", "min"]
+REDUCE_OPS: tuple[str, ...] = ("mean", "sum", "max", "min")
+
+
+class Strategy:
+    """One process driving one device. Distributed strategies override placement, wrapping and collectives.
+
+    Fabric calls ``connect`` once with the parsed accelerator, precision, device indices and environment,
+    before anything else.
+    """
+
+    name: ClassVar[str] = "single_device"
+
+    def __init__(self) -> None:
+        self.accelerator: Accelerator | None = None
+        self.precision: Precision = Precision()
+        self.device_indices: list[int] = [0]
+        self.num_nodes = 1
+        self.environment = ProcessEnvironment()
+
+    def connect(
+        self,
+        accelerator: Accelerator,
+        precision: Precision,
+        device_indices: list[int],
+        num_nodes: int,
+        environment: ProcessEnvironment,
+    ) -> None:
+        self.accelerator = accelerator
+        self.precision = precision
+        self.device_indices = device_indices
+        self.num_nodes = num_nodes
+        self.environment = environment
+
+    # --- where this process is -------------------------------------------------------------------------
+    @property
+    def root_device(self) -> torch.device:
+        assert self.accelerator is not None, "connect() runs in Fabric.__init__"
+        return self.accelerator.get_device(self.device_indices[self.local_rank])
+
+    @property
+    def global_rank(self) -> int:
+        return 0
+
+    @property
+    def local_rank(self) -> int:
+        return 0
+
+    @property
+    def node_rank(self) -> int:
+        return 0
+
+    @property
+    def world_size(self) -> int:
+        return 1
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self.global_rank == 0
+
+    @property
+    def launched(self) -> bool:
+        """Whether every process of the job already exists (so ``launch()`` has nothing to start)."""
+        return True
+
+    # --- life cycle -----------------------------------------------------------------------------------
+    def launch(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``function`` on every process of the job and return global rank 0's result."""
+        self.setup_environment()
+        return function(*args, **kwargs)
+
+    def setup_environment(self) -> None:
+        """Bind this process to its device (and, in subclasses, join the process group)."""
+        assert self.accelerator is not None
+        self.accelerator.setup_device(self.root_device)
+
+    def teardown(self) -> None:
+        if self.accelerator is not None:
+            self.accelerator.teardown()
+
+    # --- modules, optimizers, data --------------------------------------------------------------------
+    def setup_module(self, module: nn.Module) -> nn.Module:
+        """Wrap ``module`` for this strategy (DDP, FSDP); the module is already on its device."""
+        return module
+
+    def setup_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        return optimizer
+
+    def module_to_device(self, module: nn.Module) -> None:
+        module.to(self.root_device)
+
+    def distributed_sampler_kwargs(self) -> dict[str, int] | None:
+        """Arguments for a DistributedSampler, or None when data needs no partitioning."""
+        return None
+
+    @contextlib.contextmanager
+    def module_init_context(self, empty_init: bool | None = None) -> Iterator[None]:
+        """Context for creating modules: on the device, in the precision's dtype, optionally uninitialised."""
+        device_context: contextlib.AbstractContextManager[Any] = self.root_device
+        empty_context: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        if empty_init:
+            # Weights are about to be overwritten by a checkpoint: skip the (slow) random initialisation.
+            empty_context = SkipInit()
+        with device_context, empty_context, self.precision.module_init_context():
+            yield
+
+    @contextlib.contextmanager
+    def tensor_init_context(self) -> Iterator[None]:
+        with self.root_device, self.precision.tensor_init_context():
+            yield
+
+    # --- training step --------------------------------------------------------------------------------
+    def backward(self, tensor: torch.Tensor, module: nn.Module | None, *args: Any, **kwargs: Any) -> None:
+        self.precision.backward(tensor, *args, **kwargs)
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, **kwargs: Any) -> Any:
+        return self.precision.optimizer_step(optimizer, **kwargs)
+
+    def clip_gradients_norm(
+        self,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        max_norm: float,
+        norm_type: float = 2.0,
+        error_if_nonfinite: bool = True,
+    ) -> torch.Tensor:
+        self.precision.unscale_gradients(optimizer)
+        parameters = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        return torch.nn.utils.clip_grad_norm_(
+            parameters, max_norm, norm_type=norm_type, error_if_nonfinite=error_if_nonfinite
+        )
+
+    def clip_gradients_value(self, module: nn.Module, optimizer: torch.optim.Optimizer, clip_val: float) -> None:
+        self.precision.unscale_gradients(optimizer)
+        parameters = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_value_(parameters, clip_val)
+
+    def no_backward_sync(self, module: nn.Module, enabled: bool) -> contextlib.AbstractContextManager[Any]:
+        """Skip gradient synchronisation during ``backward`` (nothing to skip with one process)."""
+        return contextlib.nullcontext()
+
+    # --- collectives (identities with one process) --------------------------------------------------------
+    def barrier(self, name: str | None = None) -> None:
+        """Wait until every rank reaches this point."""
+
+    def broadcast(self, obj: T, src: int = 0) -> T:
+        return obj
+
+    def all_gather(self, tensor: torch.Tensor, sync_grads: bool = False) -> torch.Tensor:
+        return tensor.unsqueeze(0)
+
+    def all_reduce(self, tensor: torch.Tensor, reduce_op: ReduceOp = "mean") -> torch.Tensor:
+        return tensor
+
+    def all_reduce_bool(self, flag: bool, mode: Literal["any", "all"] = "any") -> bool:
+        """Reduce a boolean across ranks so every rank takes the same decision."""
+        return bool(flag)
+
+    # --- checkpoints ----------------------------------------------------------------------------------
+    def save_checkpoint(
+        self,
+        path: str,
+        state: Mapping[str, Any],
+        filter: Mapping[str, Callable[[str, Any], bool]] | None = None,
+    ) -> None:
+        if self.is_global_zero:
+            checkpoint.save_checkpoint(path, state, filter=filter)
+        self.barrier("save_checkpoint")
+
+    def load_checkpoint(
+        self, path: str, state: dict[str, Any] | None, strict: bool, weights_only: bool
+    ) -> dict[str, Any]:
+        return checkpoint.load_checkpoint(path, state, strict=strict, weights_only=weights_only)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class SkipInit(TorchFunctionMode):
+    """Turn the ``torch.nn.init`` functions into no-ops: parameters are allocated but left as they come.
+
+    ``torch.nn.init`` dispatches through torch-function modes, so this works for any layer that initialises
+    itself with them, without touching a single class.
+    """
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return args[0] if args else kwargs.get("tensor")
+        return func(*args, **kwargs)

@@ -1,0 +1,220 @@
+"""The objects ``Fabric.setup*`` hands back: modules, optimizers and dataloaders that behave like the originals.
+
+A wrapped module runs its forward in the precision's context; a wrapped optimizer steps through the strategy
+(grad scaler, hooks); a wrapped dataloader delivers batches on the device. Everything else is forwarded to
+the original object, so user code that reads attributes, state dicts or ``isinstance`` keeps working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from treadle.precision import Precision
+from treadle.strategies import Strategy
+from treadle.tree import move_to_device
+
+Dispatch = Callable[..., list[Any]]
+
+
+def unwrap_compiled(module: nn.Module) -> nn.Module:
+    """The module inside a ``torch.compile`` wrapper (whose state dict keys carry ``_orig_mod.``)."""
+    inner = getattr(module, "_orig_mod", None)
+    return inner if isinstance(inner, nn.Module) else module
+
+
+class FabricModule(nn.Module):
+    """A set-up module: forward runs under the precision; attributes and state dicts are the original's.
+
+    ``forward_module`` is what runs (possibly DDP/compiled); ``original_module`` is the user's module.
+    """
+
+    def __init__(self, forward_module: nn.Module, original_module: nn.Module, precision: Precision) -> None:
+        super().__init__()
+        self._forward_module = forward_module
+        # Not a registered submodule: registering it twice would duplicate parameters in .parameters().
+        object.__setattr__(self, "_original_module", original_module)
+        object.__setattr__(self, "_precision", precision)
+        object.__setattr__(self, "_plain_precision", type(precision) is Precision)
+
+    @property
+    def module(self) -> nn.Module:
+        """The user's module as it was passed to ``setup`` (unwrapped from torch.compile)."""
+        return unwrap_compiled(self._original_module)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self._plain_precision:  # 32-true: nothing to cast or enter, keep the step free of overhead
+            return self._forward_module(*args, **kwargs)
+        precision = self._precision
+        args, kwargs = precision.convert_input((args, kwargs))
+        with precision.forward_context():
+            output = self._forward_module(*args, **kwargs)
+        return precision.convert_output(output)
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        return self.module.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        return self.module.load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def named_parameters(self, *args: Any, **kwargs: Any) -> Iterator[tuple[str, nn.Parameter]]:
+        return self.module.named_parameters(*args, **kwargs)
+
+    def named_buffers(self, *args: Any, **kwargs: Any) -> Iterator[tuple[str, torch.Tensor]]:
+        return self.module.named_buffers(*args, **kwargs)
+
+    def named_modules(self, *args: Any, **kwargs: Any) -> Iterator[tuple[str, nn.Module]]:
+        return self.module.named_modules(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            pass
+        # Anything the user's module has (submodules, custom methods and attributes) reads straight through.
+        return getattr(self.__dict__["_original_module"], name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        original = self.__dict__.get("_original_module")
+        own = name in self.__dict__ or hasattr(type(self), name)
+        if original is not None and not own and not name.startswith("_") and hasattr(original, name):
+            setattr(original, name, value)
+            return
+        super().__setattr__(name, value)
+
+    def __repr__(self) -> str:
+        return f"FabricModule({self.module!r})"
+
+
+class FabricOptimizer(torch.optim.Optimizer):
+    """A set-up optimizer. ``step`` goes through the strategy (grad scaler) and fires the step hooks.
+
+    It is an ``Optimizer`` (isinstance holds) without copying one: param groups, state and every other
+    attribute are the wrapped optimizer's own.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, strategy: Strategy, dispatch: Dispatch) -> None:
+        # Optimizer.__init__ is deliberately not called: all state lives in the wrapped optimizer.
+        self.__dict__["_optimizer"] = optimizer
+        self.__dict__["_strategy"] = strategy
+        self.__dict__["_dispatch"] = dispatch
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.__dict__["_optimizer"]  # type: ignore[no-any-return]
+
+    @property  # type: ignore[override]
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.optimizer.param_groups
+
+    @param_groups.setter
+    def param_groups(self, value: list[dict[str, Any]]) -> None:
+        self.optimizer.param_groups = value
+
+    @property  # type: ignore[override]
+    def state(self) -> Any:
+        return self.optimizer.state
+
+    @property  # type: ignore[override]
+    def defaults(self) -> dict[str, Any]:
+        return self.optimizer.defaults
+
+    def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
+        dispatch = self.__dict__["_dispatch"]
+        optimizer = self.optimizer
+        dispatch("on_before_optimizer_step", optimizer=optimizer)
+        kwargs = {} if closure is None else {"closure": closure}
+        output = self.__dict__["_strategy"].optimizer_step(optimizer, **kwargs)
+        dispatch("on_after_optimizer_step", optimizer=optimizer)
+        return output
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state_dict)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        self.optimizer.add_param_group(param_group)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["_optimizer"], name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # LR schedulers patch `step` onto the instance; keep that on the wrapper, send the rest through.
+        if name == "step" or name in type(self).__dict__:
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.optimizer, name, value)
+
+    def __repr__(self) -> str:
+        return f"FabricOptimizer({self.optimizer!r})"
+
+
+class FabricDataLoader:
+    """A set-up dataloader: iterating yields batches already on the device.
+
+    Each new iteration advances the sampler's epoch (``set_epoch``), so a DistributedSampler reshuffles.
+    """
+
+    def __init__(self, dataloader: DataLoader[Any], device: torch.device | None) -> None:
+        self._dataloader = dataloader
+        self._device = device
+        self._num_iter_calls = 0
+
+    @property
+    def dataloader(self) -> DataLoader[Any]:
+        return self._dataloader
+
+    @property
+    def device(self) -> torch.device | None:
+        return self._device
+
+    def __len__(self) -> int:
+        return len(self._dataloader)
+
+    def __iter__(self) -> Iterator[Any]:
+        for sampler in (getattr(self._dataloader, "sampler", None), getattr(self._dataloader, "batch_sampler", None)):
+            set_epoch = getattr(sampler, "set_epoch", None)
+            if callable(set_epoch):
+                set_epoch(self._num_iter_calls)
+        self._num_iter_calls += 1
+        if self._device is None:
+            yield from self._dataloader
+            return
+        device = self._device
+        for batch in self._dataloader:
+            yield move_to_device(batch, device)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.__dict__["_dataloader"], name)
+
+    def __repr__(self) -> str:
+        return f"FabricDataLoader({self._dataloader!r}, device={self._device})"
+
+
+def is_wrapped(obj: object) -> bool:
+    return isinstance(obj, (FabricModule, FabricOptimizer, FabricDataLoader))
+
+
+def unwrap_all(objects: Iterable[Any]) -> list[Any]:
+    out = []
+    for obj in objects:
+        if isinstance(obj, FabricModule):
+            out.append(obj.module)
+        elif isinstance(obj, FabricOptimizer):
+            out.append(obj.optimizer)
+        elif isinstance(obj, FabricDataLoader):
+            out.append(obj.dataloader)
+        else:
+            out.append(obj)
+    return out

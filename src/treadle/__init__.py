@@ -21,7 +21,15 @@ if TYPE_CHECKING:
     from treadle.loggers import CSVLogger, Logger, TensorBoardLogger
     from treadle.seed import seed_everything
 
-__all__ = ["CSVLogger", "Callback", "Fabric", "Logger", "TensorBoardLogger", "rank_zero_only", "seed_everything"]
+__all__ = [
+    "CSVLogger",
+    "Callback",
+    "Fabric",
+    "Logger",
+    "TensorBoardLogger",
+    "rank_zero_only",
+    "seed_everything",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -18,8 +18,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_run_arguments(commands.add_parser("run", help="start a training script on several processes"))
 
-    demo = commands.add_parser("demo", help="train a small model on CPU with the Trainer, logs and checkpoints")
-    demo.add_argument("--root", default="demo_runs", help="folder for logs, checkpoints and curves (default: demo_runs)")
+    demo = commands.add_parser(
+        "demo", help="train a small model on CPU with the Trainer, logs and checkpoints"
+    )
+    demo.add_argument(
+        "--root", default="demo_runs", help="folder for logs, checkpoints and curves (default: demo_runs)"
+    )
     demo.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --root")
     demo.add_argument("--max-epochs", type=int, default=None, help="override the number of epochs")
     demo.add_argument("--no-progress-bar", action="store_true", help="plain lines instead of a progress bar")
@@ -38,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         from treadle.launch_cli import run_command
 
-        return run_command(args, extra)
+        return int(run_command(args, extra))
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "demo":

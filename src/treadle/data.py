@@ -7,7 +7,9 @@ from typing import Any
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
 
-def prepare_dataloader(loader: DataLoader[Any], sampler_kwargs: dict[str, int] | None, global_rank: int) -> DataLoader[Any]:
+def prepare_dataloader(
+    loader: DataLoader[Any], sampler_kwargs: dict[str, int] | None, global_rank: int
+) -> DataLoader[Any]:
     """Return ``loader`` rebuilt with a DistributedSampler when ``sampler_kwargs`` asks for partitioning.
 
     ``sampler_kwargs`` holds ``num_replicas`` and ``rank``; None (one process, or the user opted out) leaves
@@ -32,7 +34,7 @@ def prepare_dataloader(loader: DataLoader[Any], sampler_kwargs: dict[str, int] |
     drop_last = bool(batch_sampler.drop_last) if batch_sampler is not None else False
     batch_size = batch_sampler.batch_size if batch_sampler is not None else loader.batch_size
     sampler: DistributedSampler[Any] = DistributedSampler(
-        loader.dataset,  # type: ignore[arg-type]
+        loader.dataset,
         shuffle=shuffle,
         drop_last=drop_last,
         **sampler_kwargs,

@@ -234,7 +234,11 @@ class Fabric:
 
     @overload
     def setup(
-        self, module: nn.Module, *optimizers: torch.optim.Optimizer, scheduler: Any = None, move_to_device: bool = True
+        self,
+        module: nn.Module,
+        *optimizers: torch.optim.Optimizer,
+        scheduler: Any = None,
+        move_to_device: bool = True,
     ) -> Any: ...
 
     def setup(
@@ -350,7 +354,9 @@ class Fabric:
             raise TypeError(f"Fabric.setup() takes a torch.nn.Module, not {type(module).__name__}.")
 
     # --- the training step --------------------------------------------------------------------------------
-    def backward(self, tensor: torch.Tensor, *args: Any, model: FabricModule | None = None, **kwargs: Any) -> None:
+    def backward(
+        self, tensor: torch.Tensor, *args: Any, model: FabricModule | None = None, **kwargs: Any
+    ) -> None:
         """Compute gradients of ``tensor`` (scaled under a grad scaler, synchronised under DDP).
 
         Fires ``on_before_backward(loss)`` and ``on_after_backward()``.
@@ -401,7 +407,9 @@ class Fabric:
         """The precision's forward context, for code that runs outside the wrapped module's forward."""
         return self._precision.forward_context()
 
-    def no_backward_sync(self, module: FabricModule, enabled: bool = True) -> contextlib.AbstractContextManager[Any]:
+    def no_backward_sync(
+        self, module: FabricModule, enabled: bool = True
+    ) -> contextlib.AbstractContextManager[Any]:
         """Skip gradient synchronisation inside this context (for gradient accumulation).
 
         Example::
@@ -511,7 +519,9 @@ class Fabric:
             logger.log_metrics(numbers, step=step)
 
     # --- checkpoints --------------------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike[str], state: Mapping[str, Any], filter: StateFilter | None = None) -> None:
+    def save(
+        self, path: str | os.PathLike[str], state: Mapping[str, Any], filter: StateFilter | None = None
+    ) -> None:
         """Save modules, optimizers, anything with ``state_dict`` and plain values, atomically.
 
         Args:
@@ -533,9 +543,13 @@ class Fabric:
         Returns:
             The checkpoint entries that ``state`` did not ask for (the whole checkpoint if ``state`` is None).
         """
-        return self._strategy.load_checkpoint(os.fspath(path), state, strict=strict, weights_only=weights_only)
+        return self._strategy.load_checkpoint(
+            os.fspath(path), state, strict=strict, weights_only=weights_only
+        )
 
-    def load_raw(self, path: str | os.PathLike[str], obj: nn.Module | torch.optim.Optimizer, strict: bool = True) -> None:
+    def load_raw(
+        self, path: str | os.PathLike[str], obj: nn.Module | torch.optim.Optimizer, strict: bool = True
+    ) -> None:
         """Load a bare state dict (``torch.save(model.state_dict())``) into a module or optimizer."""
         from treadle.checkpoint import load_raw
 

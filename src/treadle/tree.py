@@ -20,10 +20,11 @@ def map_tensors(data: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
         mapped = {key: map_tensors(value, fn) for key, value in data.items()}
         # defaultdict, OrderedDict and friends keep their type; a plain Mapping that cannot be rebuilt
         # from a dict becomes a dict rather than failing mid-step.
+        kind: Any = type(data)
         try:
             if hasattr(data, "default_factory"):
-                return type(data)(data.default_factory, mapped)
-            return type(data)(mapped)
+                return kind(data.default_factory, mapped)
+            return kind(mapped)
         except TypeError:
             return mapped
     if isinstance(data, tuple) and hasattr(data, "_fields"):  # named tuple

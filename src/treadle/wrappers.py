@@ -1,4 +1,4 @@
-"""The objects ``Fabric.setup*`` hands back: modules, optimizers and dataloaders that behave like the originals.
+"""What ``Fabric.setup*`` returns: modules, optimizers and dataloaders that behave like the originals.
 
 A wrapped module runs its forward in the precision's context; a wrapped optimizer steps through the strategy
 (grad scaler, hooks); a wrapped dataloader delivers batches on the device. Everything else is forwarded to
@@ -7,7 +7,7 @@ the original object, so user code that reads attributes, state dicts or ``isinst
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -58,7 +58,9 @@ class FabricModule(nn.Module):
     def state_dict(self, *args: Any, **kwargs: Any) -> Any:
         return self.module.state_dict(*args, **kwargs)
 
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:
         return self.module.load_state_dict(state_dict, strict=strict, assign=assign)
 
     def named_parameters(self, *args: Any, **kwargs: Any) -> Iterator[tuple[str, nn.Parameter]]:
@@ -68,7 +70,7 @@ class FabricModule(nn.Module):
         return self.module.named_buffers(*args, **kwargs)
 
     def named_modules(self, *args: Any, **kwargs: Any) -> Iterator[tuple[str, nn.Module]]:
-        return self.module.named_modules(*args, **kwargs)
+        yield from self.module.named_modules(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -107,7 +109,7 @@ class FabricOptimizer(torch.optim.Optimizer):
     def optimizer(self) -> torch.optim.Optimizer:
         return self.__dict__["_optimizer"]  # type: ignore[no-any-return]
 
-    @property  # type: ignore[override]
+    @property
     def param_groups(self) -> list[dict[str, Any]]:
         return self.optimizer.param_groups
 
@@ -115,15 +117,23 @@ class FabricOptimizer(torch.optim.Optimizer):
     def param_groups(self, value: list[dict[str, Any]]) -> None:
         self.optimizer.param_groups = value
 
-    @property  # type: ignore[override]
+    @property
     def state(self) -> Any:
         return self.optimizer.state
 
-    @property  # type: ignore[override]
+    @state.setter
+    def state(self, value: Any) -> None:
+        self.optimizer.state = value
+
+    @property
     def defaults(self) -> dict[str, Any]:
         return self.optimizer.defaults
 
-    def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
+    @defaults.setter
+    def defaults(self, value: dict[str, Any]) -> None:
+        self.optimizer.defaults = value
+
+    def step(self, closure: Callable[[], float] | None = None) -> Any:
         dispatch = self.__dict__["_dispatch"]
         optimizer = self.optimizer
         dispatch("on_before_optimizer_step", optimizer=optimizer)
@@ -181,7 +191,10 @@ class FabricDataLoader:
         return len(self._dataloader)
 
     def __iter__(self) -> Iterator[Any]:
-        for sampler in (getattr(self._dataloader, "sampler", None), getattr(self._dataloader, "batch_sampler", None)):
+        for sampler in (
+            getattr(self._dataloader, "sampler", None),
+            getattr(self._dataloader, "batch_sampler", None),
+        ):
             set_epoch = getattr(sampler, "set_epoch", None)
             if callable(set_epoch):
                 set_epoch(self._num_iter_calls)
@@ -200,21 +213,3 @@ class FabricDataLoader:
 
     def __repr__(self) -> str:
         return f"FabricDataLoader({self._dataloader!r}, device={self._device})"
-
-
-def is_wrapped(obj: object) -> bool:
-    return isinstance(obj, (FabricModule, FabricOptimizer, FabricDataLoader))
-
-
-def unwrap_all(objects: Iterable[Any]) -> list[Any]:
-    out = []
-    for obj in objects:
-        if isinstance(obj, FabricModule):
-            out.append(obj.module)
-        elif isinstance(obj, FabricOptimizer):
-            out.append(obj.optimizer)
-        elif isinstance(obj, FabricDataLoader):
-            out.append(obj.dataloader)
-        else:
-            out.append(obj)
-    return out

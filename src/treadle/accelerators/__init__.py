@@ -16,8 +16,15 @@ ACCELERATORS: dict[str, type[Accelerator]] = {
 }
 _CHOICES = ("auto", "cpu", "cuda", "gpu", "mps")
 
-__all__ = ["ACCELERATORS", "Accelerator", "CPUAccelerator", "CUDAAccelerator", "MPSAccelerator",
-           "parse_accelerator", "parse_devices"]
+__all__ = [
+    "ACCELERATORS",
+    "Accelerator",
+    "CPUAccelerator",
+    "CUDAAccelerator",
+    "MPSAccelerator",
+    "parse_accelerator",
+    "parse_devices",
+]
 
 
 def parse_accelerator(accelerator: str | Accelerator) -> Accelerator:
@@ -84,10 +91,12 @@ def parse_devices(devices: int | str | Sequence[int], accelerator: Accelerator) 
                 f"but only {available} are visible. Lower `devices`, or use devices=-1 for all of them."
             )
         return list(range(devices))
-    if isinstance(devices, Sequence) and devices and all(
-        isinstance(i, int) and not isinstance(i, bool) for i in devices
+    if (
+        isinstance(devices, Sequence)
+        and devices
+        and all(isinstance(i, int) and not isinstance(i, bool) for i in devices)
     ):
-        indices = list(devices)
+        indices = [int(i) for i in devices]
         if len(set(indices)) != len(indices):
             raise ValueError(f"Fabric(devices={original!r}) lists a device twice. List each index once.")
         if accelerator.name == "cpu":

@@ -50,7 +50,7 @@ class Precision:
         return tensor
 
     def backward(self, tensor: torch.Tensor, *args: Any, **kwargs: Any) -> None:
-        self.pre_backward(tensor).backward(*args, **kwargs)
+        self.pre_backward(tensor).backward(*args, **kwargs)  # type: ignore[no-untyped-call]
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer, **kwargs: Any) -> Any:
         return optimizer.step(**kwargs)

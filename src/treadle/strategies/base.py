@@ -152,7 +152,9 @@ class Strategy:
             parameters, max_norm, norm_type=norm_type, error_if_nonfinite=error_if_nonfinite
         )
 
-    def clip_gradients_value(self, module: nn.Module, optimizer: torch.optim.Optimizer, clip_val: float) -> None:
+    def clip_gradients_value(
+        self, module: nn.Module, optimizer: torch.optim.Optimizer, clip_val: float
+    ) -> None:
         self.precision.unscale_gradients(optimizer)
         parameters = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         torch.nn.utils.clip_grad_value_(parameters, clip_val)

@@ -43,7 +43,11 @@ def read_environment(environ: Mapping[str, str] | None = None) -> ProcessEnviron
             launched=True,
             launcher=env.get("TREADLE_LAUNCHER", "torchrun"),
         )
-    if "SLURM_NTASKS" in env and "SLURM_PROCID" in env and env.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
+    if (
+        "SLURM_NTASKS" in env
+        and "SLURM_PROCID" in env
+        and env.get("SLURM_JOB_NAME") not in ("bash", "interactive")
+    ):
         world_size = _int(env, "SLURM_NTASKS")
         nodes = _int(env, "SLURM_NNODES", default=1)
         return ProcessEnvironment(
@@ -64,7 +68,9 @@ def _int(env: Mapping[str, str], key: str, default: int | None = None) -> int:
     value = env.get(key)
     if value is None:
         if default is None:
-            raise RuntimeError(f"The launcher set no {key} environment variable; treadle needs it to place ranks.")
+            raise RuntimeError(
+                f"The launcher set no {key} environment variable; treadle needs it to place ranks."
+            )
         return default
     try:
         return int(value)

@@ -1,0 +1,142 @@
+"""Per-step overhead: a Fabric loop vs the same hand-written PyTorch loop, side by side in one run.
+
+The model is deliberately tiny (two hidden layers of width 32, batch 8, SGD) so that any per-step cost of
+the library shows. Both loops run in alternating chunks and the best chunk of each is compared, which
+cancels most of the noise of a shared machine. Target: treadle >= 0.97x the raw loop's steps/s.
+
+    python bench/bench_step.py                 # cpu, 32-true and bf16-mixed (cuda too when available)
+    python bench/bench_step.py --devices cpu --steps 300 --rounds 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+import treadle
+
+STEPS_PER_CHUNK = 200
+
+
+class NoOp:
+    def on_train_batch_end(self, loss: Any, output: Any) -> None:
+        pass
+
+
+def make_model() -> nn.Module:
+    return nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 1))
+
+
+def make_data(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(8, 32, generator=generator).to(device), torch.randn(8, 1, generator=generator).to(
+        device
+    )
+
+
+def raw_loop(device: torch.device, precision: str) -> Callable[[int], None]:
+    model = make_model().to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x, y = make_data(device)
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]] = (
+        (lambda: torch.autocast(device.type, dtype=torch.bfloat16))
+        if precision == "bf16-mixed"
+        else contextlib.nullcontext
+    )
+
+    def run(steps: int) -> None:
+        for _ in range(steps):
+            with autocast():
+                out = model(x)
+            loss = nn.functional.mse_loss(out.float(), y)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+
+    return run
+
+
+def fabric_loop(fabric_cls: Any, device: torch.device, precision: str) -> Callable[[int], None]:
+    fabric = fabric_cls(
+        accelerator=device.type, devices=1, precision=precision, callbacks=[NoOp() for _ in range(4)]
+    )
+    model = make_model()
+    model, optimizer = fabric.setup(model, torch.optim.SGD(model.parameters(), lr=1e-3))
+    x, y = make_data(fabric.device)
+
+    def run(steps: int) -> None:
+        for _ in range(steps):
+            out = model(x)
+            loss = nn.functional.mse_loss(out, y)
+            fabric.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad()
+            fabric.call("on_train_batch_end", loss=loss, output=out)
+
+    return run
+
+
+def best_steps_per_second(
+    loops: dict[str, Callable[[int], None]], device: torch.device, rounds: int
+) -> dict[str, float]:
+    for run in loops.values():  # warm-up: allocator, autograd graph caches, dispatch plans
+        run(STEPS_PER_CHUNK)
+    best = {name: 0.0 for name in loops}
+    for _ in range(rounds):
+        for name, run in loops.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            run(STEPS_PER_CHUNK)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            best[name] = max(best[name], STEPS_PER_CHUNK / (time.perf_counter() - start))
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", nargs="*", default=None, help="cpu and/or cuda (default: all available)")
+    parser.add_argument("--rounds", type=int, default=12)
+    args = parser.parse_args()
+    devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    torch.set_num_threads(1)  # one thread: a tiny model is faster so, and the comparison is steadier
+    try:
+        from lightning.fabric import Fabric as LightningFabric
+    except ImportError:
+        LightningFabric = None
+    rows = []
+    for device_name in devices:
+        device = torch.device(device_name)
+        for precision in ("32-true", "bf16-mixed"):
+            loops = {
+                "raw": raw_loop(device, precision),
+                "treadle": fabric_loop(treadle.Fabric, device, precision),
+            }
+            if LightningFabric is not None:
+                loops["lightning"] = fabric_loop(LightningFabric, device, precision)
+            best = best_steps_per_second(loops, device, args.rounds)
+            rows.append((device_name, precision, best))
+    print(f"torch {torch.__version__}; best of {args.rounds} chunks of {STEPS_PER_CHUNK} steps")
+    header = f"{'device':<7}{'precision':<12}{'raw steps/s':>13}{'treadle':>10}{'ratio':>8}"
+    if LightningFabric is not None:
+        header += f"{'lightning':>11}{'ratio':>8}"
+    print(header)
+    for device_name, precision, best in rows:
+        line = (
+            f"{device_name:<7}{precision:<12}{best['raw']:>13.0f}{best['treadle']:>10.0f}"
+            f"{best['treadle'] / best['raw']:>7.3f}x"
+        )
+        if "lightning" in best:
+            line += f"{best['lightning']:>11.0f}{best['lightning'] / best['raw']:>7.3f}x"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from treadle.precision import MixedPrecision, Precision, TruePrecision, parse_precision
+
+
+@pytest.mark.parametrize(
+    ("value", "name"),
+    [
+        ("32-true", "32-true"),
+        ("32", "32-true"),
+        (32, "32-true"),
+        (None, "32-true"),
+        ("64", "64-true"),
+        (64, "64-true"),
+        ("16", "16-mixed"),
+        (16, "16-mixed"),
+        ("bf16", "bf16-mixed"),
+        ("bf16-true", "bf16-true"),
+        ("16-true", "16-true"),
+    ],
+)
+def test_names_and_aliases(value: object, name: str) -> None:
+    assert parse_precision(value, "cpu").name == name
+
+
+@pytest.mark.parametrize("value", ["fp16", "bf16-mixd", 8, True])
+def test_bad_precision_lists_choices(value: object) -> None:
+    with pytest.raises(ValueError, match=r"is not a precision. Choose one of: '64-true', '32-true'"):
+        parse_precision(value, "cpu")
+
+
+def test_16_mixed_has_a_scaler_and_bf16_does_not() -> None:
+    assert isinstance(parse_precision("16-mixed", "cpu").scaler, torch.amp.GradScaler)
+    assert parse_precision("bf16-mixed", "cpu").scaler is None
+    assert parse_precision("32-true", "cpu").scaler is None
+
+
+def test_true_precision_casts_module_inputs_and_init() -> None:
+    precision = parse_precision("64-true", "cpu")
+    assert isinstance(precision, TruePrecision)
+    module = precision.convert_module(nn.Linear(2, 2))
+    assert module.weight.dtype == torch.float64
+    x, idx = precision.convert_input((torch.ones(2), torch.ones(2, dtype=torch.long)))
+    assert x.dtype == torch.float64 and idx.dtype == torch.long
+    with precision.module_init_context():
+        assert nn.Linear(2, 2).weight.dtype == torch.float64
+    assert torch.get_default_dtype() == torch.float32
+
+
+def test_mixed_outputs_come_back_float32() -> None:
+    precision = MixedPrecision(torch.bfloat16, "cpu")
+    with precision.forward_context():
+        out = nn.Linear(4, 4)(torch.randn(2, 4))
+    assert out.dtype == torch.bfloat16
+    assert precision.convert_output({"y": out})["y"].dtype == torch.float32
+
+
+def test_base_precision_is_a_no_op() -> None:
+    precision = Precision()
+    module = nn.Linear(2, 2)
+    assert precision.convert_module(module) is module
+    data = (torch.ones(1),)
+    assert precision.convert_input(data) is data
+    assert precision.state_dict() == {}
+
+
+def test_scaler_state_round_trip() -> None:
+    precision = parse_precision("16-mixed", "cpu")
+    state = precision.state_dict()
+    assert "scaler" in state
+    other = parse_precision("16-mixed", "cpu")
+    other.load_state_dict(state)
+    assert other.state_dict()["scaler"]["scale"] == state["scaler"]["scale"]

@@ -1,0 +1,326 @@
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from treadle import Fabric
+from treadle.wrappers import FabricDataLoader, FabricModule, FabricOptimizer
+
+
+def make_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
+
+
+def batches(n: int = 6) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(1)
+    return [
+        (torch.randn(8, 4, generator=generator), torch.randn(8, 2, generator=generator)) for _ in range(n)
+    ]
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+
+    def on_after_setup(self, fabric: Fabric, module: nn.Module) -> None:
+        self.events.append(("on_after_setup", type(module).__name__))
+
+    def on_before_backward(self, loss: torch.Tensor) -> None:
+        self.events.append(("on_before_backward", float(loss)))
+
+    def on_after_backward(self) -> None:
+        self.events.append(("on_after_backward", None))
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.events.append(("on_before_optimizer_step", type(optimizer).__name__))
+
+    def on_after_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.events.append(("on_after_optimizer_step", type(optimizer).__name__))
+
+
+def test_runtime_hooks_fire_through_call() -> None:
+    recorder = Recorder()
+    fabric = Fabric(accelerator="cpu", callbacks=recorder)
+    model, optimizer = fabric.setup(make_model(), torch.optim.SGD(make_model().parameters(), lr=0.1))
+    x, y = batches(1)[0]
+    loss = nn.functional.mse_loss(model(x), y)
+    fabric.backward(loss)
+    optimizer.step()
+    names = [name for name, _ in recorder.events]
+    assert names == [
+        "on_after_setup",
+        "on_before_backward",
+        "on_after_backward",
+        "on_before_optimizer_step",
+        "on_after_optimizer_step",
+    ]
+    assert recorder.events[0][1] == "FabricModule"
+    assert recorder.events[3][1] == "SGD"  # the hook gets the user's optimizer, not the wrapper
+
+
+def test_setup_return_shapes() -> None:
+    fabric = Fabric(accelerator="cpu")
+    model = make_model()
+    assert isinstance(fabric.setup(model), FabricModule)
+    model = make_model()
+    opt1 = torch.optim.SGD(model.parameters(), lr=0.1)
+    opt2 = torch.optim.Adam(model.parameters())
+    scheduler = torch.optim.lr_scheduler.StepLR(opt1, 1)
+    out = fabric.setup(model, opt1, opt2, scheduler=scheduler)
+    assert len(out) == 4 and out[3] is scheduler
+    assert isinstance(out[1], FabricOptimizer) and isinstance(out[2], FabricOptimizer)
+
+
+def test_wrappers_behave_like_the_originals() -> None:
+    fabric = Fabric(accelerator="cpu")
+    raw = make_model()
+    raw.custom_value = 7  # type: ignore[assignment]
+    raw_opt = torch.optim.Adam(raw.parameters(), lr=1e-3)
+    model, optimizer = fabric.setup(raw, raw_opt)
+    assert model.custom_value == 7
+    assert model[0] is raw[0]
+    assert list(model.state_dict()) == list(raw.state_dict())  # no wrapper prefixes
+    assert [name for name, _ in model.named_parameters()] == [name for name, _ in raw.named_parameters()]
+    assert isinstance(optimizer, torch.optim.Optimizer)
+    assert optimizer.param_groups is raw_opt.param_groups
+    assert optimizer.state_dict()["param_groups"] == raw_opt.state_dict()["param_groups"]
+    model.eval()
+    assert not model.training and not raw.training
+    model.train()
+    assert model.training and raw.training
+    # A scheduler built on the wrapped optimizer drives the real param groups.
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    optimizer.step()
+    scheduler.step()
+    assert raw_opt.param_groups[0]["lr"] == pytest.approx(5e-4)
+
+
+def test_setting_up_twice_is_an_error() -> None:
+    fabric = Fabric(accelerator="cpu")
+    raw = make_model()
+    wrapped = fabric.setup(raw)
+    with pytest.raises(ValueError, match="already set up"):
+        fabric.setup(wrapped)
+    with pytest.raises(ValueError, match="already set up"):
+        fabric.setup(raw)
+
+
+def test_misuse_errors_say_what_to_do() -> None:
+    fabric = Fabric(accelerator="cpu")
+    with pytest.raises(RuntimeError, match=r"before any module was set up.*fabric.setup"):
+        fabric.backward(torch.ones(1, requires_grad=True).sum())
+    with pytest.raises(TypeError, match="module returned by fabric.setup"):
+        fabric.no_backward_sync(make_model())
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        fabric.setup("model")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="Optimizer instances"):
+        fabric.setup_optimizers(object())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_nodes": 0}, "num_nodes=0"),
+        ({"strategy": "dpp"}, r"strategy='dpp'.*'auto', 'single_device', 'ddp'"),
+        ({"precision": "fp16"}, r"precision='fp16'"),
+        ({"accelerator": "tpu"}, r"accelerator='tpu'"),
+        ({"loggers": [object()]}, r"loggers=.*item 0"),
+    ],
+)
+def test_constructor_validation(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=message):
+        Fabric(accelerator=kwargs.pop("accelerator", "cpu"), **kwargs)
+
+
+def hand_written_losses(precision: str) -> list[float]:
+    model = make_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    scaler = torch.amp.GradScaler("cpu") if precision == "16-mixed" else None
+    if precision == "64-true":
+        model = model.double()
+    losses = []
+    for x, y in batches():
+        if precision == "64-true":
+            x, y = x.double(), y.double()
+        if dtype is not None:
+            with torch.autocast("cpu", dtype=dtype):
+                out = model(x)
+            loss = nn.functional.mse_loss(out.float(), y)
+        else:
+            loss = nn.functional.mse_loss(model(x), y)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
+def fabric_losses(precision: str) -> list[float]:
+    fabric = Fabric(accelerator="cpu", precision=precision)  # type: ignore[arg-type]
+    model = make_model()
+    model, optimizer = fabric.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    losses = []
+    for x, y in batches():
+        out = model(x)
+        loss = nn.functional.mse_loss(out, y.to(out.dtype))
+        fabric.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("precision", ["32-true", "64-true", "bf16-mixed", "16-mixed"])
+def test_losses_match_a_hand_written_loop(precision: str) -> None:
+    assert fabric_losses(precision) == hand_written_losses(precision)
+
+
+def test_clip_gradients_unscales_first_under_a_scaler() -> None:
+    fabric = Fabric(accelerator="cpu", precision="16-mixed")
+    model = make_model()
+    model, optimizer = fabric.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    x, y = batches(1)[0]
+    fabric.backward(nn.functional.mse_loss(model(x), y))
+    norm = fabric.clip_gradients(model, optimizer, max_norm=0.01)
+    assert norm is not None and 0 < float(norm) < 1e3  # a scaled norm would be ~65536x larger
+    total = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+    assert float(total) == pytest.approx(0.01, rel=1e-3)
+    optimizer.step()  # must not unscale a second time
+
+
+def test_clip_gradients_arguments() -> None:
+    fabric = Fabric(accelerator="cpu")
+    model = make_model()
+    model, optimizer = fabric.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match="exactly one"):
+        fabric.clip_gradients(model, optimizer)
+    with pytest.raises(ValueError, match="exactly one"):
+        fabric.clip_gradients(model, optimizer, clip_val=1.0, max_norm=1.0)
+    x, y = batches(1)[0]
+    fabric.backward(nn.functional.mse_loss(model(x), y) * 1000)
+    fabric.clip_gradients(model, optimizer, clip_val=0.001)
+    assert max(float(p.grad.abs().max()) for p in model.parameters()) <= 0.001 + 1e-9
+
+
+@dataclasses.dataclass
+class Batch:
+    x: torch.Tensor
+    label: str
+
+
+def test_to_device_handles_nested_collections() -> None:
+    fabric = Fabric(accelerator="cpu")
+    data = {"a": [torch.ones(1), (torch.zeros(2), "text")], "b": Batch(torch.ones(3), "y")}
+    moved = fabric.to_device(data)
+    assert moved["a"][1][1] == "text" and isinstance(moved["b"], Batch) and moved["b"].label == "y"
+    assert moved["b"].x.device == fabric.device
+
+
+def test_dataloader_wrapper() -> None:
+    fabric = Fabric(accelerator="cpu")
+    loader = DataLoader(TensorDataset(torch.arange(10.0)), batch_size=4)
+    wrapped = fabric.setup_dataloaders(loader)
+    assert isinstance(wrapped, FabricDataLoader) and len(wrapped) == 3
+    assert wrapped.batch_size == 4
+    assert torch.equal(torch.cat([b[0] for b in wrapped]), torch.arange(10.0))
+    first, second = fabric.setup_dataloaders(loader, loader)
+    assert isinstance(first, FabricDataLoader) and isinstance(second, FabricDataLoader)
+
+
+def test_init_module_and_tensor() -> None:
+    fabric = Fabric(accelerator="cpu", precision="64-true")
+    with fabric.init_module():
+        layer = nn.Linear(2, 2)
+    assert layer.weight.dtype == torch.float64
+    with fabric.init_tensor():
+        assert torch.ones(1).dtype == torch.float64
+    with Fabric(accelerator="cpu").init_module(empty_init=True):
+        torch.manual_seed(0)
+        skipped = nn.Linear(64, 64)
+    torch.manual_seed(0)
+    assert not torch.equal(skipped.weight, nn.Linear(64, 64).weight)
+
+
+class ListLogger:
+    def __init__(self) -> None:
+        self.rows: list[tuple[dict[str, float], int | None]] = []
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.rows.append((dict(metrics), step))
+
+
+def test_log_converts_tensors_and_rejects_vectors() -> None:
+    logger = ListLogger()
+    fabric = Fabric(accelerator="cpu", loggers=logger)
+    fabric.log("loss", torch.tensor(0.5), step=3)
+    fabric.log_dict({"a": torch.tensor([2.0]), "b": 1}, step=4)
+    assert logger.rows == [({"loss": 0.5}, 3), ({"a": 2.0, "b": 1}, 4)]
+    assert isinstance(logger.rows[0][0]["loss"], float)
+    with pytest.raises(ValueError, match=r"shape \(2,\).*mean\(\)"):
+        fabric.log("v", torch.ones(2))
+    assert fabric.logger is logger
+    with pytest.raises(AttributeError, match="no logger"):
+        _ = Fabric(accelerator="cpu").logger
+
+
+def test_collectives_are_identities_on_one_process() -> None:
+    fabric = Fabric(accelerator="cpu")
+    assert fabric.world_size == 1 and fabric.global_rank == 0 and fabric.is_global_zero
+    assert fabric.broadcast({"a": 1}) == {"a": 1}
+    assert fabric.all_gather(torch.ones(2)).shape == (1, 2)
+    assert float(fabric.all_reduce(torch.tensor(3.0), reduce_op="sum")) == 3.0
+    assert fabric.all_reduce_bool(True) is True
+    with pytest.raises(ValueError, match="reduce_op='avg'"):
+        fabric.all_reduce(torch.ones(1), reduce_op="avg")  # type: ignore[arg-type]
+    with fabric.rank_zero_first():
+        pass
+    fabric.barrier()
+
+
+def test_save_and_load_round_trip(tmp_path: Any) -> None:
+    fabric = Fabric(accelerator="cpu")
+    model = make_model()
+    model, optimizer = fabric.setup(model, torch.optim.Adam(model.parameters()))
+    x, y = batches(1)[0]
+    fabric.backward(nn.functional.mse_loss(model(x), y))
+    optimizer.step()
+    path = tmp_path / "sub" / "ckpt.pt"
+    fabric.save(path, {"model": model, "optimizer": optimizer, "step": 5, "extra": [1, 2]})
+    saved = copy.deepcopy(model.state_dict())
+
+    other = make_model()
+    other_model, other_opt = fabric.setup(other, torch.optim.Adam(other.parameters()))
+    state = {"model": other_model, "optimizer": other_opt, "step": 0}
+    remainder = fabric.load(path, state)
+    assert state["step"] == 5 and remainder == {"extra": [1, 2]}
+    for key, value in saved.items():
+        assert torch.equal(other_model.state_dict()[key], value)
+    assert other_opt.state_dict()["state"].keys() == optimizer.state_dict()["state"].keys()
+
+
+def test_compiled_module_checkpoints_without_prefix(tmp_path: Any) -> None:
+    fabric = Fabric(accelerator="cpu")
+    raw = make_model()
+    compiled = torch.compile(raw)
+    model = fabric.setup(compiled)
+    assert all(not key.startswith("_orig_mod") for key in model.state_dict())
+    fabric.save(tmp_path / "c.pt", {"model": model})
+    assert all(not key.startswith("_orig_mod") for key in torch.load(tmp_path / "c.pt")["model"])
+
+
+def test_print_only_on_rank_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    Fabric(accelerator="cpu").print("hello")
+    assert capsys.readouterr().out == "hello\n"

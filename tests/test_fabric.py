@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from treadle import Fabric
+from treadle.precision import MixedPrecision
 from treadle.wrappers import FabricDataLoader, FabricModule, FabricOptimizer
 
 
@@ -33,7 +34,7 @@ class Recorder:
         self.events.append(("on_after_setup", type(module).__name__))
 
     def on_before_backward(self, loss: torch.Tensor) -> None:
-        self.events.append(("on_before_backward", float(loss)))
+        self.events.append(("on_before_backward", loss.item()))
 
     def on_after_backward(self) -> None:
         self.events.append(("on_after_backward", None))
@@ -85,7 +86,7 @@ def test_wrappers_behave_like_the_originals() -> None:
     raw_opt = torch.optim.Adam(raw.parameters(), lr=1e-3)
     model, optimizer = fabric.setup(raw, raw_opt)
     assert model.custom_value == 7
-    assert model[0] is raw[0]
+    assert model.module[0] is raw[0] and getattr(model, "0") is raw[0]
     assert list(model.state_dict()) == list(raw.state_dict())  # no wrapper prefixes
     assert [name for name, _ in model.named_parameters()] == [name for name, _ in raw.named_parameters()]
     assert isinstance(optimizer, torch.optim.Optimizer)
@@ -189,16 +190,31 @@ def test_losses_match_a_hand_written_loop(precision: str) -> None:
 
 
 def test_clip_gradients_unscales_first_under_a_scaler() -> None:
-    fabric = Fabric(accelerator="cpu", precision="16-mixed")
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    fabric = Fabric(accelerator="cpu", precision=MixedPrecision(torch.float16, "cpu", scaler=scaler))
     model = make_model()
     model, optimizer = fabric.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
     x, y = batches(1)[0]
     fabric.backward(nn.functional.mse_loss(model(x), y))
     norm = fabric.clip_gradients(model, optimizer, max_norm=0.01)
-    assert norm is not None and 0 < float(norm) < 1e3  # a scaled norm would be ~65536x larger
+    assert norm is not None and 0 < float(norm) < 10  # a scaled norm would be 256x larger
     total = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
     assert float(total) == pytest.approx(0.01, rel=1e-3)
     optimizer.step()  # must not unscale a second time
+    assert scaler.get_scale() == 2.0**8  # the step was taken, not skipped
+
+
+def test_overflow_under_a_scaler_skips_the_step_instead_of_raising() -> None:
+    fabric = Fabric(accelerator="cpu", precision="16-mixed")
+    model = make_model()
+    model, optimizer = fabric.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    x, y = batches(1)[0]
+    fabric.backward(nn.functional.mse_loss(model(x), y) * 1e4)  # overflows in float16 at scale 65536
+    fabric.clip_gradients(model, optimizer, max_norm=1.0)
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert fabric.precision.scaler is not None and fabric.precision.scaler.get_scale() < 65536.0
 
 
 def test_clip_gradients_arguments() -> None:

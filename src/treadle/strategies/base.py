@@ -147,6 +147,10 @@ class Strategy:
         error_if_nonfinite: bool = True,
     ) -> torch.Tensor:
         self.precision.unscale_gradients(optimizer)
+        if self.precision.scaler is not None:
+            # Overflowing gradients are routine under a grad scaler: it skips that step and lowers the scale.
+            # Raising here would turn that normal event into a crash.
+            error_if_nonfinite = False
         parameters = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         return torch.nn.utils.clip_grad_norm_(
             parameters, max_norm, norm_type=norm_type, error_if_nonfinite=error_if_nonfinite

@@ -1,0 +1,471 @@
+"""Checkpoint files: turning live objects into state, writing it atomically, and reading it back safely.
+
+A checkpoint is one file written by ``torch.save`` holding a dict of named entries. Objects with a
+``state_dict`` (modules, optimizers, schedulers, ``GradScaler``, your own classes) are stored as their state
+dict, everything else as it is. Files are written to a temporary name in the same folder and renamed over
+the target, so a crash mid-write never leaves a half-written checkpoint where a good one was. Files are read
+with ``weights_only=True`` by default, so loading a checkpoint cannot execute code hidden in it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import re
+import secrets
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, MutableMapping
+from typing import Any
+
+import torch
+
+__all__ = ["atomic_save", "load_checkpoint", "load_raw", "save_checkpoint", "to_saveable"]
+
+# How many names an error message lists before it summarises the rest.
+_MAX_LISTED = 10
+
+
+def to_saveable(
+    state: Mapping[str, Any],
+    filter: Mapping[str, Callable[[str, Any], bool]] | None = None,
+) -> dict[str, Any]:
+    """Replace every stateful object in ``state`` by its state dict, ready for ``torch.save``.
+
+    Args:
+        state: Names mapped to what to save. Values with a callable ``state_dict`` become its result; a
+            ``torch.compile`` wrapper is unwrapped first so the names carry no ``_orig_mod.`` prefix. Other
+            values (ints, tensors, dicts, lists, ...) are kept as they are.
+        filter: Optional map from a key of ``state`` to a predicate ``(name, value) -> bool``. The predicate
+            sees each entry of that key's state dict and only entries for which it returns True are kept.
+            If the key's value is not a dict, the predicate sees ``(key, value)`` and decides whether the
+            whole value is kept.
+
+    Returns:
+        A new dict with the same keys (minus values a filter dropped); ``state`` is not modified.
+
+    Raises:
+        TypeError: ``state`` or ``filter`` is not a mapping, or a filter value is not callable.
+        KeyError: ``filter`` names a key that ``state`` does not have.
+
+    Example:
+        >>> model = torch.nn.Linear(2, 1)
+        >>> saveable = to_saveable({"model": model, "step": 3}, filter={"model": lambda k, v: k == "weight"})
+        >>> list(saveable["model"]), saveable["step"]
+        (['weight'], 3)
+    """
+    if not isinstance(state, Mapping):
+        raise TypeError(
+            f"state must be a dict mapping names to objects, got {type(state).__name__}. "
+            "Wrap what you save in a dict, e.g. {'model': model, 'optimizer': optimizer}."
+        )
+    predicates = _check_filter(state, filter)
+    saveable: dict[str, Any] = {}
+    for key, value in state.items():
+        converted = _state_of(value)
+        keep = predicates.get(key)
+        if keep is None:
+            saveable[key] = converted
+        elif isinstance(converted, Mapping):
+            saveable[key] = _filtered(converted, keep)
+        elif keep(key, converted):
+            saveable[key] = converted
+    return saveable
+
+
+def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
+    """Write ``obj`` with ``torch.save`` so that ``path`` holds either the old file or the complete new one.
+
+    The data goes to a hidden temporary file in the same folder, is flushed to disk, and then renamed
+    over ``path`` (a rename within one filesystem is atomic). Parent folders are created. If anything fails,
+    including an interrupt, the temporary file is removed and an existing file at ``path`` is untouched.
+    A process killed outright (SIGKILL, power loss) can leave a ``.<name>.<random>.tmp`` file behind, but
+    never a partial file at ``path``.
+
+    Args:
+        obj: Anything ``torch.save`` accepts.
+        path: Destination file.
+
+    Raises:
+        IsADirectoryError: ``path`` is an existing folder.
+        Exception: Whatever ``torch.save`` or the filesystem raised; the old file is intact.
+
+    Example:
+        >>> atomic_save({"step": 10}, "checkpoints/last.pt")  # doctest: +SKIP
+    """
+    target = os.path.abspath(os.fspath(path))
+    if os.path.isdir(target):
+        raise IsADirectoryError(
+            f"Cannot save a checkpoint to {os.fspath(path)!r}: it is an existing folder. "
+            "Pass a file path such as 'checkpoints/last.pt'."
+        )
+    folder = os.path.dirname(target)
+    os.makedirs(folder, exist_ok=True)
+    temporary, fd = _create_temporary(folder, os.path.basename(target))
+    try:
+        with os.fdopen(fd, "wb") as file:
+            torch.save(obj, file)
+            file.flush()
+            # Without fsync the rename can reach the disk before the data does, and a power loss then
+            # leaves an empty or partial file under the final name.
+            os.fsync(file.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    _fsync_folder(folder)
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    state: Mapping[str, Any],
+    filter: Mapping[str, Callable[[str, Any], bool]] | None = None,
+) -> None:
+    """Save ``state`` to ``path``: :func:`to_saveable` followed by :func:`atomic_save`.
+
+    Args:
+        path: Destination file; parent folders are created.
+        state: Names mapped to objects; see :func:`to_saveable`.
+        filter: Optional per-key predicates; see :func:`to_saveable`.
+
+    Raises:
+        TypeError, KeyError: A bad ``state`` or ``filter``; see :func:`to_saveable`.
+
+    Example:
+        >>> state = {"model": model, "optimizer": optimizer, "step": step}  # doctest: +SKIP
+        >>> save_checkpoint("checkpoints/last.pt", state)  # doctest: +SKIP
+    """
+    atomic_save(to_saveable(state, filter), path)
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    state: MutableMapping[str, Any] | None = None,
+    strict: bool = True,
+    weights_only: bool = True,
+) -> dict[str, Any]:
+    """Read a checkpoint, and restore the objects in ``state`` from it in place.
+
+    Tensors are loaded onto the CPU. ``load_state_dict`` moves them to wherever each module's parameters
+    and optimizer's state live, and loading straight to the saved device would put every rank's copy on
+    the GPU the checkpoint was written from.
+
+    Args:
+        path: A file written by :func:`save_checkpoint` (or any ``torch.save`` of a dict).
+        state: None to just return the checkpoint. Otherwise, for each key: an object with
+            ``load_state_dict`` is restored from the entry of the same name (modules with ``strict``);
+            any other value is replaced in ``state`` by the saved one.
+        strict: If True, every key of ``state`` must be in the checkpoint and modules must match their
+            saved state dict exactly. If False, missing keys are skipped and modules load leniently.
+        weights_only: Refuse to unpickle anything but tensors, containers and plain Python values, so a
+            malicious file cannot run code. Set False only for files you trust.
+
+    Returns:
+        The whole checkpoint if ``state`` is None; otherwise the entries that ``state`` did not consume.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        IsADirectoryError: ``path`` is a folder.
+        RuntimeError: The file is not a readable checkpoint (truncated or corrupt).
+        pickle.UnpicklingError: ``weights_only=True`` refused a type stored in the file.
+        KeyError: ``strict=True`` and keys of ``state`` are missing from the checkpoint.
+        TypeError: ``state`` is not a dict, or the file does not hold a dict.
+
+    Example:
+        >>> state = {"model": model, "optimizer": optimizer, "step": 0}  # doctest: +SKIP
+        >>> rest = load_checkpoint("checkpoints/last.pt", state)  # doctest: +SKIP
+        >>> state["step"]  # the saved step, written back into the dict  # doctest: +SKIP
+    """
+    if state is not None and not isinstance(state, MutableMapping):
+        raise TypeError(
+            f"state must be a dict of the objects to restore (or None to get the checkpoint back), "
+            f"got {type(state).__name__}. Example: load_checkpoint(path, {{'model': model}})."
+        )
+    checkpoint = _read(path, weights_only=weights_only)
+    if state is None:
+        return checkpoint  # type: ignore[no-any-return]
+    shown = os.fspath(path)
+    if not isinstance(checkpoint, Mapping):
+        raise TypeError(
+            f"Checkpoint {shown!r} holds a {type(checkpoint).__name__}, not a dict of named entries, so it "
+            "cannot restore state. Call load_checkpoint(path) without state to get the object back."
+        )
+    remainder = dict(checkpoint)
+    missing = [key for key in state if key not in remainder]
+    if strict and missing:
+        hint = ""
+        if remainder and all(isinstance(value, torch.Tensor) for value in remainder.values()):
+            hint = (
+                " It looks like a bare state dict (every entry is a tensor); load it into the module "
+                "with load_raw(path, model) instead."
+            )
+        raise _MissingKeysError(
+            f"Checkpoint {shown!r} has no entry for {_listing(missing)} of state. It holds: "
+            f"{_listing(list(remainder)) or 'nothing'}. Pass strict=False to skip missing keys, or remove "
+            f"them from state.{hint}"
+        )
+    for key in list(state):
+        if key not in remainder:
+            continue
+        entry = remainder.pop(key)
+        target = _unwrap_compiled(state[key])
+        if _has_method(target, "load_state_dict"):
+            try:
+                if isinstance(target, torch.nn.Module):
+                    target.load_state_dict(entry, strict=strict)
+                else:
+                    target.load_state_dict(entry)
+            except Exception as error:
+                _add_note(error, f"(while restoring state[{key!r}] from checkpoint {shown!r})")
+                raise
+        else:
+            state[key] = entry
+    return remainder
+
+
+def load_raw(
+    path: str | os.PathLike[str],
+    obj: torch.nn.Module | torch.optim.Optimizer,
+    strict: bool = True,
+) -> None:
+    """Load a bare state dict file, such as ``torch.save(model.state_dict(), path)``, into ``obj``.
+
+    For checkpoints written by :func:`save_checkpoint` (a dict of named entries) use
+    :func:`load_checkpoint` instead. The file is always read with ``weights_only=True``.
+
+    Args:
+        path: The state dict file.
+        obj: The module or optimizer to restore in place (a ``torch.compile`` wrapper is fine).
+        strict: For modules, require the file's keys to match the module's exactly.
+
+    Raises:
+        TypeError: ``obj`` is not a module or optimizer, or the file does not hold a dict.
+        ValueError: The file holds a full checkpoint rather than a bare state dict.
+        FileNotFoundError, IsADirectoryError, RuntimeError, pickle.UnpicklingError: As for
+            :func:`load_checkpoint`.
+
+    Example:
+        >>> torch.save(pretrained.state_dict(), "backbone.pt")  # doctest: +SKIP
+        >>> load_raw("backbone.pt", model)  # doctest: +SKIP
+    """
+    target = _unwrap_compiled(obj)
+    if not isinstance(target, (torch.nn.Module, torch.optim.Optimizer)):
+        raise TypeError(
+            f"load_raw(obj=...) takes a torch.nn.Module or torch.optim.Optimizer, got {type(obj).__name__}. "
+            "For other objects use load_checkpoint(path, {'name': obj}) or "
+            "obj.load_state_dict(load_checkpoint(path))."
+        )
+    shown = os.fspath(path)
+    raw = _read(path, weights_only=True)
+    if not isinstance(raw, Mapping):
+        raise TypeError(
+            f"{shown!r} holds a {type(raw).__name__}, not a state dict. load_raw expects a file written by "
+            "torch.save(model.state_dict(), path)."
+        )
+    _reject_full_checkpoint(shown, raw, target)
+    try:
+        if isinstance(target, torch.nn.Module):
+            target.load_state_dict(raw, strict=strict)
+        else:
+            target.load_state_dict(dict(raw))
+    except Exception as error:
+        _add_note(error, f"(while loading {shown!r} into {type(target).__name__})")
+        raise
+
+
+class _MissingKeysError(KeyError):
+    # KeyError's str() is the repr of its argument, which would wrap the message in quotes.
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _check_filter(
+    state: Mapping[str, Any], filter: Mapping[str, Callable[[str, Any], bool]] | None
+) -> Mapping[str, Callable[[str, Any], bool]]:
+    if filter is None:
+        return {}
+    if not isinstance(filter, Mapping):
+        raise TypeError(
+            f"filter must be a dict mapping a key of state to a predicate (name, value) -> bool, got "
+            f"{type(filter).__name__}. Example: filter={{'model': lambda name, value: 'lora' in name}}."
+        )
+    unknown = [key for key in filter if key not in state]
+    if unknown:
+        raise KeyError(
+            f"filter has {_listing(unknown)}, which state does not have. state holds: "
+            f"{_listing(list(state)) or 'nothing'}."
+        )
+    for key, predicate in filter.items():
+        if not callable(predicate):
+            raise TypeError(
+                f"filter[{key!r}] must be a callable (name, value) -> bool, got {type(predicate).__name__}. "
+                f"Example: filter={{{key!r}: lambda name, value: 'weight' in name}}."
+            )
+    return filter
+
+
+def _filtered(entries: Mapping[str, Any], keep: Callable[[str, Any], bool]) -> dict[str, Any]:
+    kept: OrderedDict[str, Any] = OrderedDict(
+        (name, value) for name, value in entries.items() if keep(name, value)
+    )
+    # Module state dicts carry per-submodule versions in `_metadata`; BatchNorm and others read them when
+    # loading old formats, so a filtered copy must keep them.
+    metadata = getattr(entries, "_metadata", None)
+    if metadata is not None:
+        kept._metadata = metadata  # type: ignore[attr-defined]
+    return kept
+
+
+def _state_of(value: Any) -> Any:
+    unwrapped = _unwrap_compiled(value)
+    if _has_method(unwrapped, "state_dict"):
+        return unwrapped.state_dict()
+    return value
+
+
+def _unwrap_compiled(obj: Any) -> Any:
+    # torch.compile wraps a module in an OptimizedModule whose state dict prefixes every name with
+    # `_orig_mod.`; the original module gives clean names that also load into an uncompiled model.
+    inner = getattr(obj, "_orig_mod", None)
+    while inner is not None and inner is not obj:
+        obj = inner
+        inner = getattr(obj, "_orig_mod", None)
+    return obj
+
+
+def _has_method(obj: Any, name: str) -> bool:
+    # A class (rather than an instance) also has the method, but calling it unbound would fail.
+    return not isinstance(obj, type) and callable(getattr(obj, name, None))
+
+
+def _create_temporary(folder: str, name: str) -> tuple[str, int]:
+    # Created by hand rather than with tempfile.mkstemp, which makes the file 0600: the checkpoint should
+    # get the same permissions (0666 minus the umask) as any file the user writes.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        temporary = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return temporary, os.open(temporary, flags, 0o666)
+        except FileExistsError:
+            continue
+
+
+def _fsync_folder(folder: str) -> None:
+    # Makes the rename itself durable. Best effort: some platforms (Windows) and filesystems cannot open or
+    # fsync a folder, and the file is already complete and in place.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _read(path: str | os.PathLike[str], *, weights_only: bool) -> Any:
+    shown = os.fspath(path)
+    if os.path.isdir(shown):
+        raise IsADirectoryError(
+            f"Checkpoint path {shown!r} is a folder. Pass the checkpoint file inside it, such as "
+            f"{os.path.join(shown, 'last.pt')!r}."
+        )
+    if not os.path.exists(shown):
+        raise FileNotFoundError(_missing_file_message(shown))
+    try:
+        return torch.load(shown, map_location="cpu", weights_only=weights_only)
+    except pickle.UnpicklingError as error:
+        if weights_only and _is_refusal(str(error)):
+            raise pickle.UnpicklingError(_refusal_message(shown, str(error))) from error
+        raise _unreadable(shown, error) from error
+    except PermissionError:
+        raise
+    except Exception as error:
+        # torch reports damage as whatever its parser tripped on: RuntimeError from the zip reader,
+        # EOFError, KeyError or OSError from the pickle stream.
+        raise _unreadable(shown, error) from error
+
+
+def _missing_file_message(shown: str) -> str:
+    absolute = os.path.abspath(shown)
+    folder = os.path.dirname(absolute)
+    message = f"Checkpoint {shown!r} does not exist"
+    if absolute != shown:
+        message += f" (looked for {absolute!r})"
+    if not os.path.isdir(folder):
+        return message + f". Its folder {folder!r} does not exist either; check the path."
+    nearby = sorted(
+        entry
+        for entry in os.listdir(folder)
+        if entry.endswith((".pt", ".pth", ".ckpt", ".bin")) and not entry.startswith(".")
+    )
+    if nearby:
+        return message + f". Checkpoint files in that folder: {_listing(nearby)}."
+    return message + ". That folder holds no .pt/.pth/.ckpt/.bin files; check the path."
+
+
+def _is_refusal(message: str) -> bool:
+    # torch raises the same "Weights only load failed" error for a forbidden type and for a garbled
+    # pickle stream; only the former is a refusal the user can override.
+    return "Weights only load failed" in message and "Unsupported operand" not in message
+
+
+def _refusal_message(shown: str, message: str) -> str:
+    refused = re.search(r"GLOBAL (\S+?) was not an allowed global", message)
+    if refused is not None:
+        what = f"contains a {refused.group(1)}, which"
+    else:
+        detail = re.search(r"WeightsUnpickler error: ([^\n]+)", message)
+        what = f"contains something ({detail.group(1) if detail else 'an unsupported object'}) that"
+    return (
+        f"Checkpoint {shown!r} {what} torch.load(weights_only=True) refuses to unpickle, because loading "
+        "it could run arbitrary code. If you trust this file, load it with weights_only=False; or allowlist "
+        "the type with torch.serialization.add_safe_globals([...])."
+    )
+
+
+def _unreadable(shown: str, error: BaseException) -> RuntimeError:
+    try:
+        size = f"{os.path.getsize(shown)} bytes"
+    except OSError:
+        size = "size unknown"
+    first_line = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+    return RuntimeError(
+        f"{shown!r} ({size}) is not a readable checkpoint (truncated or corrupt?): "
+        f"{type(error).__name__}: {first_line}. treadle writes checkpoints atomically, so this usually "
+        "comes from an interrupted copy or another writer; use an earlier checkpoint or copy it again."
+    )
+
+
+def _reject_full_checkpoint(shown: str, raw: Mapping[str, Any], target: Any) -> None:
+    if isinstance(target, torch.optim.Optimizer):
+        looks_raw = "param_groups" in raw
+        expected = "an optimizer state dict (keys 'state' and 'param_groups')"
+    else:
+        looks_raw = not raw or any(isinstance(value, torch.Tensor) for value in raw.values())
+        expected = "a module state dict (tensors by parameter name)"
+    if looks_raw:
+        return
+    raise ValueError(
+        f"{shown!r} is not {expected}; it holds {_listing(list(raw))}, which looks like a full checkpoint. "
+        "load_raw only reads bare state dicts; restore a full checkpoint with "
+        "load_checkpoint(path, {'model': model, ...})."
+    )
+
+
+def _listing(names: list[Any]) -> str:
+    shown = ", ".join(repr(name) for name in names[:_MAX_LISTED])
+    if len(names) > _MAX_LISTED:
+        shown += f", ... ({len(names) - _MAX_LISTED} more)"
+    return shown
+
+
+def _add_note(error: BaseException, note: str) -> None:
+    # Keeps the original exception type (callers may catch ValueError from an optimizer) while saying
+    # which entry failed; notes exist from Python 3.11 on.
+    add_note = getattr(error, "add_note", None)
+    if callable(add_note):
+        add_note(note)

@@ -1,0 +1,300 @@
+"""A progress bar for training and validation: tqdm when it is installed, plain lines otherwise."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, TextIO
+
+import torch
+
+from treadle.callbacks.hooks import Callback
+
+__all__ = ["ProgressBar"]
+
+Backend = Literal["auto", "tqdm", "plain"]
+_BACKENDS = ("auto", "tqdm", "plain")
+# How many batches apart the plain fallback prints when refresh_rate is left unset: one line per batch
+# would flood a log file, and a bar that redraws in place is not available there.
+_PLAIN_DEFAULT_EVERY = 50
+
+
+class ProgressBar(Callback):
+    """Shows epoch, step, loss and the latest validation metrics while training, on global rank 0.
+
+    Uses ``tqdm`` when it is installed (``pip install 'treadle[progress]'``); without it, prints one plain line
+    every few batches. The loss is read from the device (``loss.item()``) only when the display refreshes,
+    so ``refresh_rate`` also bounds how often the progress bar synchronises with a GPU.
+
+    In the Trainer everything comes from the trainer (it is the default progress bar). In a loop of your
+    own, fire the hooks with what you have: ``on_train_epoch_start`` (optionally with ``epoch=`` and
+    ``total=``, the number of batches), ``on_train_batch_end`` with ``loss=``, ``on_validation_end`` with
+    ``metrics=`` (a mapping of names to numbers), and ``on_fit_end`` when done.
+
+    Args:
+        refresh_rate: update the display every this many batches. Default: every batch with tqdm, every
+            50 batches for the plain fallback. 0 disables the display.
+        leave: keep each epoch's finished bar on screen (tqdm); the plain fallback always keeps its lines.
+        backend: ``"auto"`` (tqdm if importable, else plain), ``"tqdm"`` (error if missing) or ``"plain"``.
+        metrics: names of the metrics to show next to the loss. Default: every metric whose name starts
+            with ``val`` (``val_loss``, ``val/acc``, ...).
+        file: where to write; default ``sys.stderr`` as it is when the bar starts.
+
+    Raises:
+        ValueError: ``refresh_rate`` is negative or ``backend`` is not a valid choice.
+        ModuleNotFoundError: ``backend="tqdm"`` and tqdm is not installed (the message gives the pip line).
+
+    Example::
+
+        fabric = Fabric(callbacks=[ProgressBar()])
+        for epoch in range(3):
+            fabric.call("on_train_epoch_start", epoch=epoch, total=len(loader))
+            for batch in loader:
+                loss = ...
+                fabric.call("on_train_batch_end", loss=loss)
+            fabric.call("on_validation_end", metrics={"val_loss": evaluate(model)})
+        fabric.call("on_fit_end")
+    """
+
+    rank_zero_only = True
+
+    def __init__(
+        self,
+        refresh_rate: int | None = None,
+        leave: bool = True,
+        backend: Backend = "auto",
+        metrics: Sequence[str] | None = None,
+        file: TextIO | None = None,
+    ) -> None:
+        if refresh_rate is not None and (
+            isinstance(refresh_rate, bool) or not isinstance(refresh_rate, int) or refresh_rate < 0
+        ):
+            raise ValueError(
+                f"ProgressBar(refresh_rate={refresh_rate!r}) must be a non-negative int (batches between "
+                "updates; 0 disables the display), e.g. refresh_rate=10."
+            )
+        if backend not in _BACKENDS:
+            raise ValueError(
+                f"ProgressBar(backend={backend!r}) is not a choice. Choose one of: "
+                f"{', '.join(map(repr, _BACKENDS))}."
+            )
+        if isinstance(metrics, str):
+            raise TypeError(
+                f"ProgressBar(metrics={metrics!r}) must be a list of names, e.g. metrics=[{metrics!r}]."
+            )
+        self._tqdm: Any = None
+        if backend != "plain":
+            self._tqdm = _import_tqdm(required=backend == "tqdm")
+        self._leave = leave
+        self._metric_names = None if metrics is None else list(metrics)
+        self._file = file
+        default_rate = 1 if self._tqdm is not None else _PLAIN_DEFAULT_EVERY
+        self.refresh_rate = default_rate if refresh_rate is None else refresh_rate
+        self._bar: Any = None  # the training bar (tqdm)
+        self._val_bar: Any = None
+        self._epoch = -1  # own count, for loops that do not say which epoch it is
+        self._total: int | None = None
+        self._batches = 0  # batches seen in this epoch
+        self._shown = 0  # batches already counted on the bar
+        self._steps = 0  # batches seen overall, for loops without a trainer
+        self._loss: float | None = None
+        self._metrics: dict[str, float] = {}
+        self._epoch_started_at = time.perf_counter()
+
+    @property
+    def is_tqdm(self) -> bool:
+        """Whether the display uses tqdm (True) or the plain fallback (False)."""
+        return self._tqdm is not None
+
+    # --- training ----------------------------------------------------------------------------------------
+    def on_train_epoch_start(
+        self, epoch: int | None = None, total: int | None = None, trainer: Any = None
+    ) -> None:
+        self._close_bars()
+        if trainer is not None:
+            epoch = trainer.current_epoch
+            total = getattr(trainer, "num_training_batches", None)
+        self._epoch = self._epoch + 1 if epoch is None else int(epoch)
+        self._total = total if isinstance(total, int) and not isinstance(total, bool) and total > 0 else None
+        self._batches = 0
+        self._shown = 0
+        self._epoch_started_at = time.perf_counter()
+        if self._tqdm is not None and self.refresh_rate > 0:
+            self._bar = self._tqdm(
+                total=self._total,
+                desc=self._epoch_label(trainer),
+                leave=self._leave,
+                file=self._stream(),
+                dynamic_ncols=True,
+                unit="it",
+            )
+
+    def on_train_batch_end(
+        self,
+        loss: Any = None,
+        output: Any = None,
+        batch: Any = None,
+        batch_idx: int | None = None,
+        trainer: Any = None,
+    ) -> None:
+        self._batches += 1
+        self._steps += 1
+        if self.refresh_rate == 0 or self._batches % self.refresh_rate != 0:
+            return
+        # The only device read of the bar, once per refresh.
+        self._loss = _scalar(loss if loss is not None else _loss_from_output(output))
+        self._refresh(trainer)
+
+    def on_train_epoch_end(self, trainer: Any = None) -> None:
+        if self.refresh_rate == 0:
+            return
+        if self._bar is not None:
+            self._update_bar(trainer)
+            self._bar.close()
+            self._bar = None
+        elif self._tqdm is None and self._batches:
+            seconds = time.perf_counter() - self._epoch_started_at
+            self._print(
+                f"{self._epoch_label(trainer)} done: {self._batches} batches in {seconds:.1f}s, "
+                f"{self._status(trainer)}"
+            )
+
+    # --- validation --------------------------------------------------------------------------------------
+    def on_validation_start(self, total: int | None = None, trainer: Any = None) -> None:
+        if trainer is not None:
+            total = getattr(trainer, "num_val_batches", total)
+        if self._tqdm is not None and self.refresh_rate > 0:
+            self._val_bar = self._tqdm(
+                total=total if isinstance(total, int) and total > 0 else None,
+                desc="Validation",
+                leave=False,
+                file=self._stream(),
+                dynamic_ncols=True,
+                # Under the training bar when one is open, so the two do not overwrite each other.
+                position=1 if self._bar is not None else None,
+            )
+
+    def on_validation_batch_end(
+        self, output: Any = None, batch: Any = None, batch_idx: int | None = None
+    ) -> None:
+        if self._val_bar is not None:
+            self._val_bar.update(1)
+
+    def on_validation_end(self, metrics: Mapping[str, Any] | None = None, trainer: Any = None) -> None:
+        if self._val_bar is not None:
+            self._val_bar.close()
+            self._val_bar = None
+        if trainer is not None:
+            metrics = getattr(trainer, "callback_metrics", metrics)
+        if metrics:
+            self._metrics = self._select(metrics)
+        if self.refresh_rate == 0:
+            return
+        if self._bar is not None:
+            self._update_bar(trainer)
+        elif self._metrics and self._tqdm is None:
+            self._print(f"{self._epoch_label(trainer)} validation: {_format_metrics(self._metrics)}")
+        elif self._metrics:  # validation outside a training epoch (e.g. Trainer.validate)
+            self._print(f"Validation: {_format_metrics(self._metrics)}")
+
+    # --- the end -----------------------------------------------------------------------------------------
+    def on_train_end(self) -> None:
+        self._close_bars()
+
+    def on_fit_end(self) -> None:
+        self._close_bars()
+
+    def on_exception(self, exception: BaseException | None = None) -> None:
+        self._close_bars()
+
+    # --- internals ---------------------------------------------------------------------------------------
+    def _refresh(self, trainer: Any) -> None:
+        if trainer is not None:
+            self._metrics = self._select(getattr(trainer, "callback_metrics", {})) or self._metrics
+        if self._bar is not None:
+            self._update_bar(trainer)
+        elif self._tqdm is None:
+            total = f"/{self._total}" if self._total else ""
+            self._print(f"{self._epoch_label(trainer)} batch {self._batches}{total}: {self._status(trainer)}")
+
+    def _update_bar(self, trainer: Any) -> None:
+        self._bar.update(self._batches - self._shown)
+        self._shown = self._batches
+        self._bar.set_postfix_str(self._status(trainer), refresh=False)
+        self._bar.refresh()
+
+    def _status(self, trainer: Any) -> str:
+        step = trainer.global_step if trainer is not None else self._steps
+        parts = [f"step={step}"]
+        if self._loss is not None:
+            parts.append(f"loss={self._loss:.4g}")
+        if self._metrics:
+            parts.append(_format_metrics(self._metrics))
+        return ", ".join(parts)
+
+    def _epoch_label(self, trainer: Any) -> str:
+        max_epochs = getattr(trainer, "max_epochs", None) if trainer is not None else None
+        if isinstance(max_epochs, int) and max_epochs > 0:
+            return f"Epoch {self._epoch + 1}/{max_epochs}"
+        return f"Epoch {self._epoch + 1}"
+
+    def _select(self, metrics: Mapping[str, Any]) -> dict[str, float]:
+        if self._metric_names is None:
+            names = [name for name in metrics if name.startswith("val")]
+        else:
+            names = [name for name in self._metric_names if name in metrics]
+        selected = {}
+        for name in names:
+            value = _scalar(metrics[name])
+            if value is not None:
+                selected[name] = value
+        return selected
+
+    def _stream(self) -> TextIO:
+        return self._file if self._file is not None else sys.stderr
+
+    def _print(self, line: str) -> None:
+        print(line, file=self._stream(), flush=True)
+
+    def _close_bars(self) -> None:
+        for name in ("_val_bar", "_bar"):
+            bar = getattr(self, name)
+            if bar is not None:
+                bar.close()
+                setattr(self, name, None)
+
+
+def _import_tqdm(required: bool) -> Any:
+    from treadle.optional import require
+
+    try:
+        return require("tqdm.auto", extra="progress", feature="ProgressBar(backend='tqdm')").tqdm
+    except ModuleNotFoundError:
+        if required:
+            raise
+        return None
+
+
+def _loss_from_output(output: Any) -> Any:
+    if isinstance(output, Mapping):
+        return output.get("loss")
+    return None
+
+
+def _scalar(value: Any) -> float | None:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            return None
+        return float(value.detach().item())
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def _format_metrics(metrics: Mapping[str, float]) -> str:
+    return ", ".join(
+        f"{name}={value:.4g}" if math.isfinite(value) else f"{name}={value}"
+        for name, value in metrics.items()
+    )

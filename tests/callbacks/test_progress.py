@@ -1,0 +1,148 @@
+from __future__ import annotations
+
+import io
+import sys
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from tests.callbacks.tiny_trainer import fit_tiny
+from treadle import Fabric
+from treadle.callbacks.progress import ProgressBar
+
+
+class CountingLoss(torch.Tensor):
+    """A scalar tensor that counts how often its value is read back to the host."""
+
+    reads = 0
+
+    def item(self) -> Any:  # type: ignore[override]
+        CountingLoss.reads += 1
+        return super().item()
+
+
+def fabric_loop(bar: ProgressBar, epochs: int = 2, batches: int = 6, val: bool = True) -> None:
+    fabric = Fabric(accelerator="cpu", callbacks=[bar])
+    model = nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model, optimizer = fabric.setup(model, optimizer)
+    for epoch in range(epochs):
+        fabric.call("on_train_epoch_start", epoch=epoch, total=batches)
+        for batch_idx in range(batches):
+            loss = model(torch.ones(2, 4)).pow(2).mean()
+            fabric.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad()
+            fabric.call(
+                "on_train_batch_end", loss=loss.detach().as_subclass(CountingLoss), batch_idx=batch_idx
+            )
+        fabric.call("on_train_epoch_end")
+        if val:
+            fabric.call("on_validation_start", total=2)
+            for _ in range(2):
+                fabric.call("on_validation_batch_end")
+            fabric.call("on_validation_end", metrics={"val_loss": 0.25 + epoch, "train_acc": 0.5})
+    fabric.call("on_fit_end")
+
+
+def test_plain_fallback_prints_epoch_batch_loss_and_validation_metric() -> None:
+    out = io.StringIO()
+    CountingLoss.reads = 0
+    fabric_loop(ProgressBar(refresh_rate=3, backend="plain", file=out))
+    lines = out.getvalue().splitlines()
+    batch_lines = [line for line in lines if " batch " in line]
+    assert [line.split(":")[0] for line in batch_lines] == [
+        "Epoch 1 batch 3/6",
+        "Epoch 1 batch 6/6",
+        "Epoch 2 batch 3/6",
+        "Epoch 2 batch 6/6",
+    ]
+    assert all("loss=" in line and "step=" in line for line in batch_lines)
+    assert "Epoch 1 validation: val_loss=0.25" in lines
+    # The metric seen in epoch 1's validation is shown while epoch 2 trains; non-"val" metrics are not.
+    assert "val_loss=0.25" in batch_lines[2]
+    assert "train_acc" not in out.getvalue()
+    # The loss is read from the device only when the display refreshes: 4 of the 12 batches.
+    assert CountingLoss.reads == 4
+
+
+def test_plain_default_rate_is_every_50_batches() -> None:
+    bar = ProgressBar(backend="plain")
+    assert bar.refresh_rate == 50
+    assert not bar.is_tqdm
+
+
+def test_tqdm_bar_shows_loss_step_and_val_metric() -> None:
+    pytest.importorskip("tqdm")
+    out = io.StringIO()
+    CountingLoss.reads = 0
+    bar = ProgressBar(backend="tqdm", file=out)
+    assert bar.is_tqdm and bar.refresh_rate == 1
+    fabric_loop(bar, epochs=2, batches=4)
+    text = out.getvalue()
+    assert "Epoch 1" in text and "Epoch 2" in text
+    assert "4/4" in text
+    assert "step=8" in text
+    assert "val_loss=0.25" in text
+    assert CountingLoss.reads == 8  # refresh_rate=1: once per batch
+
+
+def test_refresh_rate_zero_shows_nothing_and_reads_nothing() -> None:
+    out = io.StringIO()
+    CountingLoss.reads = 0
+    fabric_loop(ProgressBar(refresh_rate=0, backend="plain", file=out))
+    assert out.getvalue() == ""
+    assert CountingLoss.reads == 0
+
+
+def test_rank_zero_only() -> None:
+    assert ProgressBar.rank_zero_only is True
+
+
+def test_defaults_to_stderr_at_start_time(capsys: pytest.CaptureFixture[str]) -> None:
+    fabric_loop(ProgressBar(refresh_rate=6, backend="plain"), epochs=1, val=False)
+    captured = capsys.readouterr()
+    assert "Epoch 1 batch 6/6" in captured.err
+    assert captured.out == ""
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"refresh_rate": -1}, "refresh_rate=-1"),
+        ({"refresh_rate": 1.5}, "refresh_rate=1.5"),
+        ({"backend": "rich"}, "backend='rich'"),
+        ({"metrics": "val_loss"}, "metrics='val_loss'"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=message.replace("(", r"\(").replace(".", r"\.")):
+        ProgressBar(**kwargs)
+
+
+def test_tqdm_missing_gives_pip_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    assert not ProgressBar().is_tqdm  # auto falls back to plain lines
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'treadle\[progress\]'"):
+        ProgressBar(backend="tqdm")
+
+
+def test_explicit_metric_names_and_output_dict_loss() -> None:
+    out = io.StringIO()
+    bar = ProgressBar(refresh_rate=1, backend="plain", metrics=["acc"], file=out)
+    bar.on_train_epoch_start()
+    bar.on_validation_end(metrics={"acc": torch.tensor(0.75), "val_loss": 1.0})
+    bar.on_train_batch_end(output={"loss": torch.tensor(2.0)})
+    assert "Epoch 1 batch 1: step=1, loss=2, acc=0.75" in out.getvalue()
+
+
+def test_trainer_progress_bar() -> None:
+    out = io.StringIO()
+    trainer = fit_tiny(callbacks=[ProgressBar(refresh_rate=2, backend="plain", file=out)])
+    text = out.getvalue()
+    assert "Epoch 1/2 batch 2" in text
+    assert f"step={trainer.global_step}" in text
+    assert "val_loss=" in text

@@ -177,7 +177,9 @@ def test_filter_keeps_only_selected_entries(tmp_path: Path) -> None:
 
 
 def test_bad_filter_is_reported(tmp_path: Path) -> None:
-    with pytest.raises(KeyError, match=r"'modle'.*state holds: 'model'"):
+    with pytest.raises(
+        ValueError, match=r"filter has 'modle', which state does not have. state holds: 'model'"
+    ):
         to_saveable({"model": _model()}, filter={"modle": lambda name, value: True})
     with pytest.raises(TypeError, match=r"filter\['model'\] must be a callable"):
         to_saveable({"model": _model()}, filter={"model": "weight"})  # type: ignore[dict-item]

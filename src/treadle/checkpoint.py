@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_save", "load_checkpoint", "load_raw", "save_checkpoint", "to_saveable"]
+__all__ = ["MissingKeysError", "atomic_save", "load_checkpoint", "load_raw", "save_checkpoint", "to_saveable"]
 
 # How many names an error message lists before it summarises the rest.
 _MAX_LISTED = 10
@@ -46,7 +46,7 @@ def to_saveable(
 
     Raises:
         TypeError: ``state`` or ``filter`` is not a mapping, or a filter value is not callable.
-        KeyError: ``filter`` names a key that ``state`` does not have.
+        ValueError: ``filter`` names a key that ``state`` does not have.
 
     Example:
         >>> model = torch.nn.Linear(2, 1)
@@ -130,7 +130,7 @@ def save_checkpoint(
         filter: Optional per-key predicates; see :func:`to_saveable`.
 
     Raises:
-        TypeError, KeyError: A bad ``state`` or ``filter``; see :func:`to_saveable`.
+        TypeError, ValueError: A bad ``state`` or ``filter``; see :func:`to_saveable`.
 
     Example:
         >>> state = {"model": model, "optimizer": optimizer, "step": step}  # doctest: +SKIP
@@ -169,7 +169,7 @@ def load_checkpoint(
         IsADirectoryError: ``path`` is a folder.
         RuntimeError: The file is not a readable checkpoint (truncated or corrupt).
         pickle.UnpicklingError: ``weights_only=True`` refused a type stored in the file.
-        KeyError: ``strict=True`` and keys of ``state`` are missing from the checkpoint.
+        MissingKeysError: (a KeyError) ``strict=True`` and keys of ``state`` are missing from the checkpoint.
         TypeError: ``state`` is not a dict, or the file does not hold a dict.
 
     Example:
@@ -200,7 +200,7 @@ def load_checkpoint(
                 " It looks like a bare state dict (every entry is a tensor); load it into the module "
                 "with load_raw(path, model) instead."
             )
-        raise _MissingKeysError(
+        raise MissingKeysError(
             f"Checkpoint {shown!r} has no entry for {_listing(missing)} of state. It holds: "
             f"{_listing(list(remainder)) or 'nothing'}. Pass strict=False to skip missing keys, or remove "
             f"them from state.{hint}"
@@ -274,7 +274,9 @@ def load_raw(
         raise
 
 
-class _MissingKeysError(KeyError):
+class MissingKeysError(KeyError):
+    """``load_checkpoint(..., strict=True)`` was asked to restore keys the checkpoint does not have."""
+
     # KeyError's str() is the repr of its argument, which would wrap the message in quotes.
     def __str__(self) -> str:
         return str(self.args[0])
@@ -292,7 +294,7 @@ def _check_filter(
         )
     unknown = [key for key in filter if key not in state]
     if unknown:
-        raise KeyError(
+        raise ValueError(
             f"filter has {_listing(unknown)}, which state does not have. state holds: "
             f"{_listing(list(state)) or 'nothing'}."
         )
@@ -432,10 +434,12 @@ def _unreadable(shown: str, error: BaseException) -> RuntimeError:
         size = f"{os.path.getsize(shown)} bytes"
     except OSError:
         size = "size unknown"
-    first_line = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+    # torch's own messages run to several sentences of advice; its first sentence says what broke.
+    text = str(error).strip()
+    first_sentence = text.splitlines()[0].split(". ")[0][:200] if text else "(no message)"
     return RuntimeError(
         f"{shown!r} ({size}) is not a readable checkpoint (truncated or corrupt?): "
-        f"{type(error).__name__}: {first_line}. treadle writes checkpoints atomically, so this usually "
+        f"{type(error).__name__}: {first_sentence}. treadle writes checkpoints atomically, so this usually "
         "comes from an interrupted copy or another writer; use an earlier checkpoint or copy it again."
     )
 

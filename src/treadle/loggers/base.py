@@ -1,0 +1,304 @@
+"""What every treadle logger shares: the :class:`Logger` protocol, the run-folder convention
+(``root_dir/name/version_N``), metric-name prefixes, and atomic file replacement."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import operator
+import os
+import re
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import IO, Any, BinaryIO, Literal, Protocol, SupportsIndex, TextIO, overload, runtime_checkable
+
+__all__ = ["Logger", "RunFolder", "atomic_open", "next_version"]
+
+PREFIX_SEPARATOR = "/"
+"""Joins a logger's ``prefix`` to each metric name. ``/`` because TensorBoard groups tags into sections at
+``/``, so ``prefix="train"`` gives a "train" section; the CSV column reads ``train/loss``."""
+
+_VERSION_FOLDER = re.compile(r"version_(\d+)")
+
+
+@runtime_checkable
+class Logger(Protocol):
+    """The interface Fabric, the Trainer and the checkpoint callback call on a logger.
+
+    Any object with these members is a logger; there is nothing to inherit. Fabric calls loggers only on
+    the process with global rank 0, so a logger does not need to know about ranks.
+
+    Members:
+        name: The experiment name (a folder level for file-based loggers), or None.
+        version: The run's version (an int for ``version_N`` folders, or a str), or None.
+        root_dir: The folder that holds all experiments, or None for loggers that write no files.
+        log_dir: The folder this run writes into, or None.
+        log_metrics(metrics, step): Record scalar values. Fabric passes plain Python numbers.
+        log_hyperparams(params): Record the run's configuration.
+        save(): Write anything buffered to durable storage.
+        finalize(status): The run ended with ``"success"``, ``"failed"`` or ``"interrupted"``. Flush and
+            release resources. Calling it twice must be harmless.
+
+    Example:
+        >>> class PrintLogger:
+        ...     name = version = root_dir = log_dir = None
+        ...     def log_metrics(self, metrics, step=None):
+        ...         print(step, dict(metrics))
+        ...     def log_hyperparams(self, params):
+        ...         pass
+        ...     def save(self):
+        ...         pass
+        ...     def finalize(self, status):
+        ...         pass
+        >>> isinstance(PrintLogger(), Logger)
+        True
+    """
+
+    @property
+    def name(self) -> str | None: ...
+
+    @property
+    def version(self) -> int | str | None: ...
+
+    @property
+    def root_dir(self) -> str | None: ...
+
+    @property
+    def log_dir(self) -> str | None: ...
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
+
+    def log_hyperparams(self, params: Mapping[str, Any] | argparse.Namespace) -> None: ...
+
+    def save(self) -> None: ...
+
+    def finalize(self, status: str) -> None: ...
+
+
+def next_version(experiment_dir: str | os.PathLike[str]) -> int:
+    """One above the highest ``version_<N>`` folder in ``experiment_dir``, or 0 when there is none.
+
+    Folders with other names are ignored; a missing ``experiment_dir`` counts as empty.
+
+    Example:
+        >>> next_version("/no/such/folder")
+        0
+    """
+    try:
+        entries = list(os.scandir(experiment_dir))
+    except FileNotFoundError:
+        return 0
+    found = [
+        int(match.group(1))
+        for entry in entries
+        if (match := _VERSION_FOLDER.fullmatch(entry.name)) is not None and entry.is_dir()
+    ]
+    return max(found) + 1 if found else 0
+
+
+class RunFolder:
+    """``root_dir/name/<version>``: the folder one run of one logger writes into.
+
+    ``version=None`` means "the next free integer" (see :func:`next_version`). It is resolved on first
+    access of :attr:`version` or :attr:`path`, not in the constructor, and resolving only lists the
+    experiment folder: nothing is created until the logger first writes. Loggers built on every rank
+    therefore leave no trace on ranks that never log.
+
+    Each logger resolves its own version. To put, say, a CSV and a TensorBoard log in the same folder,
+    give the second logger the first one's version: ``CSVLogger("logs", version=tb.version)``. Two runs
+    started at the same moment in the same ``root_dir`` may pick the same free version; give concurrent
+    runs (sweeps) explicit versions.
+
+    Args:
+        root_dir: Folder holding all experiments.
+        name: Experiment name, a folder under ``root_dir``.
+        version: ``None`` for the next free ``version_<N>``; an int ``N`` for ``version_<N>``; a str is
+            used as the folder name as is.
+        owner: The class name used in error messages, e.g. ``"CSVLogger"``.
+
+    Raises:
+        TypeError: An argument has the wrong type.
+        ValueError: ``name`` is empty, ``version`` is negative, or a str ``version`` is not a plain
+            folder name.
+
+    Example:
+        >>> RunFolder("logs", "exp", 3, owner="CSVLogger").path.as_posix()
+        'logs/exp/version_3'
+    """
+
+    def __init__(
+        self,
+        root_dir: str | os.PathLike[str],
+        name: str,
+        version: int | str | None,
+        *,
+        owner: str,
+    ) -> None:
+        if not isinstance(root_dir, (str, os.PathLike)):
+            raise TypeError(
+                f"{owner}(root_dir={root_dir!r}) must be a str or os.PathLike, got "
+                f"{type(root_dir).__name__}. Pass a folder path such as 'logs'."
+            )
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(
+                f"{owner}(name={name!r}) must be a non-empty str: it is the experiment's folder under "
+                f"root_dir. Pass a name such as 'treadle_logs'."
+            )
+        if isinstance(version, bool) or not isinstance(version, (int, str, type(None))):
+            raise TypeError(
+                f"{owner}(version={version!r}) must be None, an int or a str, got {type(version).__name__}. "
+                f"Pass None to use the next free version_<N> folder."
+            )
+        if isinstance(version, int) and version < 0:
+            raise ValueError(
+                f"{owner}(version={version!r}) must be >= 0. Pass None to use the next free version_<N> "
+                f"folder."
+            )
+        separators = [sep for sep in ("/", os.sep, os.altsep) if sep]
+        if isinstance(version, str) and (
+            version in ("", ".", "..") or any(sep in version for sep in separators)
+        ):
+            raise ValueError(
+                f"{owner}(version={version!r}) must be a plain folder name (no path separators, not '', "
+                f"'.' or '..'). Pass a name such as 'baseline', or None for the next free version_<N>."
+            )
+        self._root_dir = os.fspath(root_dir)
+        self._name = name
+        self._version = version
+
+    @property
+    def root_dir(self) -> str:
+        return self._root_dir
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def version(self) -> int | str:
+        """The resolved version; the first access of a ``None`` version fixes it."""
+        if self._version is None:
+            self._version = next_version(Path(self._root_dir, self._name))
+        return self._version
+
+    @property
+    def path(self) -> Path:
+        """The run folder (resolved, not created)."""
+        return self.resolve()
+
+    def resolve(self) -> Path:
+        """Fix the version now if it is not yet fixed, and return the run folder (not created)."""
+        version = self.version
+        folder = f"version_{version}" if isinstance(version, int) else version
+        return Path(self._root_dir, self._name, folder)
+
+
+def join_prefix(prefix: str, name: str) -> str:
+    """The logged name of metric ``name`` under ``prefix`` (see :data:`PREFIX_SEPARATOR`)."""
+    return f"{prefix}{PREFIX_SEPARATOR}{name}" if prefix else name
+
+
+def check_prefix(prefix: object, owner: str) -> str:
+    """Return ``prefix`` if it is a str, else raise a TypeError naming ``owner``."""
+    if not isinstance(prefix, str):
+        raise TypeError(
+            f"{owner}(prefix={prefix!r}) must be a str, got {type(prefix).__name__}. Pass '' for no prefix, "
+            f"or e.g. 'train' to log 'loss' as 'train{PREFIX_SEPARATOR}loss'."
+        )
+    return prefix
+
+
+def check_step(step: object, where: str) -> int | None:
+    """Return ``step`` as an int (or None); accepts anything with ``__index__``, such as numpy ints."""
+    if step is None:
+        return None
+    if isinstance(step, bool):
+        raise TypeError(f"{where}(step={step!r}) must be an int or None, got bool.")
+    try:
+        if isinstance(step, SupportsIndex):
+            return operator.index(step)
+    except TypeError:  # e.g. a float tensor: it has __index__, which refuses non-integers
+        pass
+    raise TypeError(
+        f"{where}(step={step!r}) must be an int or None, got {type(step).__name__}. "
+        f"Pass the global step as an int, e.g. step=int(step)."
+    )
+
+
+def to_number(name: str, value: object, where: str) -> int | float:
+    """``value`` as an int (kept exact) or a float; 0-d tensors and numpy scalars go through float()."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(
+            f"{where} got metric {name!r} = {value!r} ({type(value).__name__}), which is not a number. "
+            f"Log scalars only: a Python number or a tensor with one element."
+        ) from None
+
+
+@overload
+def atomic_open(path: str | os.PathLike[str], mode: Literal["w"]) -> AbstractContextManager[TextIO]: ...
+
+
+@overload
+def atomic_open(path: str | os.PathLike[str], mode: Literal["wb"]) -> AbstractContextManager[BinaryIO]: ...
+
+
+def atomic_open(path: str | os.PathLike[str], mode: Literal["w", "wb"]) -> AbstractContextManager[IO[Any]]:
+    """Open a temporary file next to ``path`` that replaces ``path`` only when the block exits cleanly.
+
+    Readers see either the old file or the complete new one, never a half-written file, even if the
+    process dies mid-write. On error the temporary file is removed and ``path`` is left untouched. Text
+    mode writes UTF-8 with no newline translation (what the ``csv`` module expects).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> target = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
+        >>> with atomic_open(target, "w") as f:
+        ...     _ = f.write("hello")
+        >>> target.read_text()
+        'hello'
+    """
+    return _atomic_open(Path(path), mode)
+
+
+@contextlib.contextmanager
+def _atomic_open(path: Path, mode: Literal["w", "wb"]) -> Iterator[IO[Any]]:
+    # os.open with 0o666 rather than tempfile.mkstemp: mkstemp makes the file 0o600, and os.replace would
+    # carry that onto the final file, hiding logs from other users. 0o666 lets the umask decide as usual.
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        if mode == "w":
+            file: IO[Any] = os.fdopen(fd, "w", encoding="utf-8", newline="")
+        else:
+            file = os.fdopen(fd, "wb")
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    try:
+        with file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def params_to_dict(params: Mapping[str, Any] | argparse.Namespace, where: str) -> dict[str, Any]:
+    """``params`` as a plain dict; raises a TypeError naming ``where`` for anything else."""
+    if isinstance(params, argparse.Namespace):
+        return dict(vars(params))
+    if isinstance(params, Mapping):
+        return dict(params)
+    raise TypeError(
+        f"{where}(params={params!r}) must be a Mapping or an argparse.Namespace, got "
+        f"{type(params).__name__}. Pass a dict, e.g. {{'lr': 1e-3}}, or dataclasses.asdict(config)."
+    )

@@ -1,0 +1,362 @@
+"""CSVLogger: a run's metrics as one CSV file that any tool can open, and :func:`read_csv_metrics` to load
+it back."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from treadle.loggers.base import (
+    RunFolder,
+    atomic_open,
+    check_prefix,
+    check_step,
+    join_prefix,
+    params_to_dict,
+    to_number,
+)
+
+__all__ = ["HPARAMS_FILE", "METRICS_FILE", "CSVLogger", "read_csv_metrics"]
+
+METRICS_FILE = "metrics.csv"
+HPARAMS_FILE = "hparams.json"
+_STEP = "step"
+
+
+@dataclasses.dataclass
+class _Row:
+    step: int | None
+    values: dict[str, int | float]
+
+
+class CSVLogger:
+    """Write metrics to ``root_dir/name/version_N/metrics.csv`` and hyperparameters to ``hparams.json``.
+
+    The CSV has a ``step`` column (empty when a value was logged without a step) followed by one column
+    per metric, sorted by name; a cell is empty when that metric was not logged in that row. Values are
+    written exactly as Python prints them, so non-finite values read ``nan``, ``inf`` or ``-inf``.
+    Consecutive ``log_metrics`` calls with the same step and different metrics are merged into one row.
+
+    Rows are buffered and written every ``flush_logs_every_n_steps`` calls to :meth:`log_metrics` (all but
+    the newest row, which may still gain metrics for its step), and in full on :meth:`save` and
+    :meth:`finalize`. When a metric appears that the file has no column for, the file is
+    rewritten with the wider header, earlier rows kept, and the new file replaces the old one atomically;
+    otherwise rows are appended. If ``metrics.csv`` already exists when the logger first writes (an
+    explicit ``version`` reused to resume a run), its rows are kept and new rows are added after them.
+
+    See :class:`~treadle.loggers.base.RunFolder` for how the version folder is chosen. The logger is
+    rank-agnostic: Fabric calls it only on global rank 0.
+
+    Args:
+        root_dir: Folder that holds all experiments.
+        name: Experiment name: a folder under ``root_dir``.
+        version: ``None`` for the next free ``version_<N>`` folder, an int ``N`` for ``version_<N>``, or a
+            str used as the folder name.
+        prefix: Prepended to every metric name with a ``/``: ``prefix="train"`` logs ``loss`` as
+            ``train/loss``. ``""`` for none.
+        flush_logs_every_n_steps: How many ``log_metrics`` calls to buffer before writing.
+
+    Raises:
+        TypeError: ``root_dir``, ``version`` or ``prefix`` has the wrong type.
+        ValueError: ``name`` is empty, ``version`` is not a valid folder, or ``flush_logs_every_n_steps``
+            is not a positive int.
+
+    Example:
+        >>> import tempfile
+        >>> logger = CSVLogger(tempfile.mkdtemp(), flush_logs_every_n_steps=10)
+        >>> logger.log_metrics({"loss": 0.5}, step=0)
+        >>> logger.log_metrics({"loss": 0.25, "lr": 0.1}, step=1)
+        >>> logger.finalize("success")
+        >>> read_csv_metrics(Path(logger.log_dir) / METRICS_FILE)
+        {'loss': [(0, 0.5), (1, 0.25)], 'lr': [(1, 0.1)]}
+    """
+
+    def __init__(
+        self,
+        root_dir: str | os.PathLike[str],
+        name: str = "treadle_logs",
+        version: int | str | None = None,
+        prefix: str = "",
+        flush_logs_every_n_steps: int = 100,
+    ) -> None:
+        self._folder = RunFolder(root_dir, name, version, owner="CSVLogger")
+        self._prefix = check_prefix(prefix, "CSVLogger")
+        if (
+            isinstance(flush_logs_every_n_steps, bool)
+            or not isinstance(flush_logs_every_n_steps, int)
+            or flush_logs_every_n_steps < 1
+        ):
+            raise ValueError(
+                f"CSVLogger(flush_logs_every_n_steps={flush_logs_every_n_steps!r}) must be a positive int. "
+                f"Pass 1 to write every row at once, or a larger number to write less often (default 100)."
+            )
+        self._flush_every = flush_logs_every_n_steps
+        self._pending: list[_Row] = []
+        self._calls_since_flush = 0
+        # The metric columns of metrics.csv as it is on disk; None until this logger first writes.
+        self._columns: list[str] | None = None
+        self._hparams: dict[str, Any] = {}
+        self._status: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self._folder.name
+
+    @property
+    def version(self) -> int | str:
+        return self._folder.version
+
+    @property
+    def root_dir(self) -> str:
+        return self._folder.root_dir
+
+    @property
+    def log_dir(self) -> str:
+        return os.fspath(self._folder.path)
+
+    @property
+    def prefix(self) -> str:
+        return self._prefix
+
+    @property
+    def status(self) -> str | None:
+        """The status passed to :meth:`finalize`, or None while the run is going."""
+        return self._status
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Buffer one row of scalar metrics; write buffered rows every ``flush_logs_every_n_steps`` calls.
+
+        Args:
+            metrics: Metric name to value: Python numbers, or tensors with one element.
+            step: The global step, or None to leave the row's step empty.
+
+        Raises:
+            TypeError: ``step`` is not an int, or a value is not a number.
+            ValueError: A metric name is empty, or is ``"step"`` with no prefix.
+        """
+        where = "CSVLogger.log_metrics"
+        step = check_step(step, where)
+        values: dict[str, int | float] = {}
+        for key, value in metrics.items():
+            if not isinstance(key, str) or not key:
+                raise ValueError(f"{where} got metric name {key!r}; names must be non-empty str.")
+            column = join_prefix(self._prefix, key)
+            if column == _STEP:
+                raise ValueError(
+                    f"{where} got a metric named 'step', which is the CSV's step column. Rename the "
+                    f"metric (e.g. 'global_step') or pass the step as log_metrics(..., step=...)."
+                )
+            values[column] = to_number(key, value, where)
+        if not values:
+            return
+        # Fix the version at first use rather than at first write, so that this run's folder is chosen
+        # before the other loggers of the same run create theirs.
+        self._folder.resolve()
+        last = self._pending[-1] if self._pending else None
+        # Fabric.log sends one metric per call; merging same-step calls keeps one row per step.
+        if (
+            last is not None
+            and step is not None
+            and last.step == step
+            and last.values.keys().isdisjoint(values)
+        ):
+            last.values.update(values)
+        else:
+            self._pending.append(_Row(step, values))
+        self._calls_since_flush += 1
+        if self._calls_since_flush >= self._flush_every:
+            # Hold the newest row back: the next call may add metrics for the same step to it.
+            self._flush(keep_last=True)
+
+    def log_hyperparams(self, params: Mapping[str, Any] | argparse.Namespace) -> None:
+        """Merge ``params`` into the run's hyperparameters and rewrite ``hparams.json`` (indented JSON).
+
+        Nested mappings, lists and dataclasses are kept as JSON structure; any other value that JSON
+        cannot hold (a path, a dtype, ...) is written as its ``str()``.
+
+        Args:
+            params: A mapping of names to values, or an ``argparse.Namespace``.
+
+        Raises:
+            TypeError: ``params`` is neither a Mapping nor a Namespace.
+        """
+        self._hparams.update(params_to_dict(params, "CSVLogger.log_hyperparams"))
+        folder = self._folder.path
+        folder.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(_jsonable(self._hparams), indent=2, default=str)
+        with atomic_open(folder / HPARAMS_FILE, "w") as file:
+            file.write(text + "\n")
+
+    def save(self) -> None:
+        """Write all buffered rows to ``metrics.csv``."""
+        self._flush()
+
+    def finalize(self, status: str) -> None:
+        """Write all buffered rows and remember ``status``; calling it again is harmless."""
+        self._flush()
+        self._status = status
+
+    def _flush(self, keep_last: bool = False) -> None:
+        self._calls_since_flush = 0
+        held = self._pending[-1:] if keep_last else []
+        if held:
+            self._pending.pop()
+        try:
+            self._write_pending()
+        finally:
+            self._pending.extend(held)
+
+    def _write_pending(self) -> None:
+        if not self._pending:
+            return
+        path = self._folder.path / METRICS_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if self._columns is None:
+            self._columns = _existing_columns(path)
+        on_disk = set(self._columns or ())
+        needed = on_disk.union(*(row.values.keys() for row in self._pending))
+        if self._columns is None or needed != on_disk:
+            columns = sorted(needed)
+            self._rewrite(path, self._columns, columns)
+            self._columns = columns
+        else:
+            with open(path, "a", encoding="utf-8", newline="") as file:
+                csv.writer(file, lineterminator="\n").writerows(_cells(self._pending, self._columns))
+        self._pending.clear()
+
+    def _rewrite(self, path: Path, old_columns: list[str] | None, columns: list[str]) -> None:
+        header = [_STEP, *columns]
+        with atomic_open(path, "w") as out:
+            writer = csv.writer(out, lineterminator="\n")
+            writer.writerow(header)
+            if old_columns is not None:
+                position = {column: i for i, column in enumerate(header)}
+                targets = [position[column] for column in (_STEP, *old_columns)]
+                with open(path, encoding="utf-8", newline="") as old:
+                    reader = csv.reader(old)
+                    next(reader, None)
+                    for record in reader:
+                        if not record:
+                            continue
+                        widened = [""] * len(header)
+                        for target, cell in zip(targets, record, strict=False):
+                            widened[target] = cell
+                        writer.writerow(widened)
+            writer.writerows(_cells(self._pending, columns))
+
+
+def read_csv_metrics(path: str | os.PathLike[str]) -> dict[str, list[tuple[int | None, float]]]:
+    """Load a ``metrics.csv`` written by :class:`CSVLogger`: each metric's ``(step, value)`` points.
+
+    Empty cells are skipped, so every list holds only the rows where that metric was logged, in file
+    order. A row with an empty step gives ``None`` as its step. ``nan``/``inf`` cells become float values.
+
+    Args:
+        path: The CSV file.
+
+    Returns:
+        Metric name (in column order) to its list of ``(step, value)`` pairs.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: A cell is not a number; the message names the file, line and column.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> file = pathlib.Path(tempfile.mkdtemp()) / "metrics.csv"
+        >>> _ = file.write_text("step,acc,loss\\n0,,1.5\\n1,0.5,nan\\n")
+        >>> read_csv_metrics(file)
+        {'acc': [(1, 0.5)], 'loss': [(0, 1.5), (1, nan)]}
+    """
+    path = Path(path)
+    with open(path, encoding="utf-8", newline="") as file:
+        reader = csv.reader(file)
+        header = next(reader, None)
+        if header is None:
+            return {}
+        has_step = header[0] == _STEP
+        names = header[1:] if has_step else header
+        series: dict[str, list[tuple[int | None, float]]] = {name: [] for name in names}
+        for record in reader:
+            if not record:
+                continue
+            step: int | None = None
+            if has_step and record[0] != "":
+                step = _parse_step(record[0], path, reader.line_num)
+            for name, cell in zip(names, record[1:] if has_step else record, strict=False):
+                if cell == "":
+                    continue
+                try:
+                    value = float(cell)
+                except ValueError:
+                    raise ValueError(
+                        f"{path}, line {reader.line_num}: column {name!r} holds {cell!r}, which is not a "
+                        f"number. Fix or delete that row."
+                    ) from None
+                series[name].append((step, value))
+    return series
+
+
+def _parse_step(cell: str, path: Path, line: int) -> int:
+    try:
+        return int(cell)
+    except ValueError:
+        pass
+    try:
+        as_float = float(cell)
+    except ValueError:
+        as_float = float("nan")
+    if not as_float.is_integer():
+        raise ValueError(
+            f"{path}, line {line}: the step column holds {cell!r}, which is not an integer. Fix or delete "
+            f"that row."
+        )
+    return int(as_float)
+
+
+def _existing_columns(path: Path) -> list[str] | None:
+    """The metric columns of an existing ``metrics.csv`` we will append to, or None if there is none."""
+    try:
+        with open(path, encoding="utf-8", newline="") as file:
+            header = next(csv.reader(file), None)
+    except FileNotFoundError:
+        return None
+    if header is None:
+        return None
+    if header[0] != _STEP:
+        raise ValueError(
+            f"{path} exists but was not written by CSVLogger: its first column is {header[0]!r}, not "
+            f"'step'. Pass another version= to CSVLogger, or move the file away."
+        )
+    # A run killed mid-append can leave a last line without its newline; start our rows on a fresh line.
+    with open(path, "rb+") as raw:
+        raw.seek(-1, os.SEEK_END)
+        if raw.read(1) != b"\n":
+            raw.write(b"\n")
+    return header[1:]
+
+
+def _cells(rows: Iterable[_Row], columns: list[str]) -> Iterable[list[str]]:
+    for row in rows:
+        step = "" if row.step is None else str(row.step)
+        # repr() of a float round-trips exactly and prints nan/inf/-inf as such.
+        yield [step, *("" if (v := row.values.get(c)) is None else repr(v) for c in columns)]
+
+
+def _jsonable(value: Any) -> Any:
+    """Turn containers into JSON structure with str keys; leave the rest to json's ``default=str``."""
+    if isinstance(value, argparse.Namespace):
+        value = vars(value)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = {field.name: getattr(value, field.name) for field in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_jsonable(item) for item in value]
+    return value

@@ -1,0 +1,197 @@
+"""TensorBoardLogger: metrics and hyperparameters as TensorBoard event files.
+
+TensorBoard is optional: it is imported when the logger first writes, never on import or construction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from treadle.loggers.base import RunFolder, check_prefix, check_step, join_prefix, params_to_dict, to_number
+from treadle.optional import require
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+
+__all__ = ["TensorBoardLogger"]
+
+# SummaryWriter's own arguments, listed here so that a typo fails in __init__ without importing TensorBoard.
+# log_dir is absent on purpose: the logger sets it from root_dir/name/version.
+_WRITER_ARGUMENTS = ("comment", "purge_step", "max_queue", "flush_secs", "filename_suffix")
+
+
+class TensorBoardLogger:
+    """Write metrics and hyperparameters to TensorBoard event files in ``root_dir/name/version_N``.
+
+    The folder and version follow the same rules as :class:`~treadle.loggers.CSVLogger` (see
+    :class:`~treadle.loggers.base.RunFolder`). View the logs with ``tensorboard --logdir <root_dir>``.
+
+    TensorBoard needs an x value for every point, so a call to :meth:`log_metrics` without a step uses the
+    number of earlier step-less calls (0, 1, 2, ...).
+
+    Args:
+        root_dir: Folder that holds all experiments.
+        name: Experiment name: a folder under ``root_dir``.
+        version: ``None`` for the next free ``version_<N>`` folder, an int ``N`` for ``version_<N>``, or a
+            str used as the folder name.
+        prefix: Prepended to every metric name with a ``/``, which TensorBoard shows as a section:
+            ``prefix="train"`` logs ``loss`` as ``train/loss``. ``""`` for none.
+        **summary_writer_kwargs: Passed to ``torch.utils.tensorboard.SummaryWriter``: ``comment``,
+            ``purge_step``, ``max_queue``, ``flush_secs``, ``filename_suffix``.
+
+    Raises:
+        TypeError: An argument has the wrong type, or a keyword is not a SummaryWriter argument.
+        ValueError: ``name`` is empty or ``version`` is not a valid folder.
+        ModuleNotFoundError: On first write, when ``tensorboard`` is not installed; the message gives the
+            ``pip install`` command.
+
+    Example:
+        >>> import tempfile
+        >>> logger = TensorBoardLogger(tempfile.mkdtemp(), prefix="train")
+        >>> logger.log_metrics({"loss": 0.5}, step=0)
+        >>> logger.finalize("success")
+    """
+
+    def __init__(
+        self,
+        root_dir: str | os.PathLike[str],
+        name: str = "treadle_logs",
+        version: int | str | None = None,
+        prefix: str = "",
+        **summary_writer_kwargs: Any,
+    ) -> None:
+        self._folder = RunFolder(root_dir, name, version, owner="TensorBoardLogger")
+        self._prefix = check_prefix(prefix, "TensorBoardLogger")
+        unknown = sorted(set(summary_writer_kwargs) - set(_WRITER_ARGUMENTS))
+        if unknown:
+            hint = (
+                " The logger sets the writer's folder itself: pass root_dir=, name= and version= instead."
+                if {"log_dir", "logdir"} & set(unknown)
+                else ""
+            )
+            raise TypeError(
+                f"TensorBoardLogger({unknown[0]}=...) is not a SummaryWriter argument this logger accepts. "
+                f"Choose from: {', '.join(_WRITER_ARGUMENTS)}.{hint}"
+            )
+        self._writer_kwargs = dict(summary_writer_kwargs)
+        self._writer: SummaryWriter | None = None
+        self._implicit_step = 0
+
+    @property
+    def name(self) -> str:
+        return self._folder.name
+
+    @property
+    def version(self) -> int | str:
+        return self._folder.version
+
+    @property
+    def root_dir(self) -> str:
+        return self._folder.root_dir
+
+    @property
+    def log_dir(self) -> str:
+        return os.fspath(self._folder.path)
+
+    @property
+    def prefix(self) -> str:
+        return self._prefix
+
+    @property
+    def experiment(self) -> SummaryWriter:
+        """The underlying ``SummaryWriter``, created (with its folder) on first access.
+
+        Use it for what the logger does not wrap: ``logger.experiment.add_histogram(...)``.
+
+        Raises:
+            ModuleNotFoundError: ``tensorboard`` is not installed.
+        """
+        if self._writer is None:
+            require("tensorboard", extra="tensorboard", feature="TensorBoardLogger")
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=self.log_dir, **self._writer_kwargs)
+        return self._writer
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Add one scalar per metric at ``step``.
+
+        Args:
+            metrics: Metric name to value: Python numbers, or tensors with one element.
+            step: The global step, or None (see the class docstring).
+
+        Raises:
+            TypeError: ``step`` is not an int, or a value is not a number.
+            ValueError: A metric name is empty.
+        """
+        where = "TensorBoardLogger.log_metrics"
+        checked = check_step(step, where)
+        values: dict[str, float] = {}
+        for key, value in metrics.items():
+            if not isinstance(key, str) or not key:
+                raise ValueError(f"{where} got metric name {key!r}; names must be non-empty str.")
+            values[join_prefix(self._prefix, key)] = float(to_number(key, value, where))
+        if not values:
+            return
+        if checked is None:
+            checked = self._implicit_step
+            self._implicit_step += 1
+        writer = self.experiment
+        for tag, value in values.items():
+            writer.add_scalar(tag, value, global_step=checked)
+
+    def log_hyperparams(self, params: Mapping[str, Any] | argparse.Namespace) -> None:
+        """Record ``params`` for TensorBoard's HParams tab.
+
+        Nested mappings are flattened to ``outer/inner`` names. Numbers, str and bool are kept; one-element
+        tensors become numbers; anything else (None, lists, paths, ...) is recorded as its ``str()``.
+
+        Args:
+            params: A mapping of names to values, or an ``argparse.Namespace``.
+
+        Raises:
+            TypeError: ``params`` is neither a Mapping nor a Namespace.
+        """
+        flat = _flatten(params_to_dict(params, "TensorBoardLogger.log_hyperparams"))
+        writer = self.experiment  # first, so that a missing tensorboard gets require()'s message
+        from torch.utils.tensorboard.summary import hparams
+
+        experiment, session_start, _session_end = hparams(flat, {})  # type: ignore[no-untyped-call]
+        # SummaryWriter.add_hparams would open a second writer in a timestamped sub-folder, and its
+        # session-end record always says "success" even for a run that later fails; write only the two
+        # records that describe the run, into this run's own event file.
+        file_writer = writer._get_file_writer()  # type: ignore[no-untyped-call]
+        file_writer.add_summary(experiment)
+        file_writer.add_summary(session_start)
+
+    def save(self) -> None:
+        """Flush pending events to disk."""
+        if self._writer is not None:
+            self._writer.flush()
+
+    def finalize(self, status: str) -> None:
+        """Flush and close the event file; calling it again is harmless, and logging after it reopens."""
+        if self._writer is not None:
+            self._writer.flush()
+            self._writer.close()
+            self._writer = None
+
+
+def _flatten(params: Mapping[str, Any], parent: str = "") -> dict[str, bool | int | float | str]:
+    import torch  # already loaded with the SummaryWriter; imported here to keep this module light
+
+    flat: dict[str, bool | int | float | str] = {}
+    for key, value in params.items():
+        name = f"{parent}/{key}" if parent else str(key)
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, name))
+        elif isinstance(value, (bool, int, float, str)):
+            flat[name] = value
+        elif isinstance(value, torch.Tensor) and value.numel() == 1:
+            flat[name] = value.item()
+        else:
+            flat[name] = str(value)
+    return flat

@@ -1,0 +1,313 @@
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from treadle.loggers import CSVLogger, Logger, read_csv_metrics
+from treadle.loggers.base import RunFolder, atomic_open, next_version
+
+
+def metrics_file(logger: CSVLogger) -> Path:
+    return Path(logger.log_dir) / "metrics.csv"
+
+
+def test_is_a_logger(tmp_path: Path) -> None:
+    assert isinstance(CSVLogger(tmp_path), Logger)
+
+
+def test_versions_count_up_from_existing_folders(tmp_path: Path) -> None:
+    first = CSVLogger(tmp_path)
+    first.log_metrics({"loss": 1.0}, step=0)
+    first.finalize("success")
+    second = CSVLogger(tmp_path)
+    second.log_metrics({"loss": 1.0}, step=0)
+    second.finalize("success")
+
+    assert (first.version, second.version) == (0, 1)
+    assert Path(first.log_dir) == tmp_path / "treadle_logs" / "version_0"
+    assert Path(second.log_dir) == tmp_path / "treadle_logs" / "version_1"
+    assert metrics_file(first).is_file() and metrics_file(second).is_file()
+
+
+def test_next_version_is_one_above_the_highest_and_ignores_other_names(tmp_path: Path) -> None:
+    for folder in ("version_0", "version_7", "version_x", "baseline"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "version_9").write_text("a file, not a folder")
+    assert next_version(tmp_path) == 8
+    assert next_version(tmp_path / "missing") == 0
+
+
+def test_constructing_and_reading_log_dir_create_nothing(tmp_path: Path) -> None:
+    logger = CSVLogger(tmp_path / "root")
+    assert logger.log_dir == os.fspath(tmp_path / "root" / "treadle_logs" / "version_0")
+    logger.log_metrics({"loss": 1.0}, step=0)  # buffered only
+    assert not (tmp_path / "root").exists()
+    logger.save()
+    assert metrics_file(logger).is_file()
+
+
+def test_version_is_fixed_at_first_use(tmp_path: Path) -> None:
+    logger = CSVLogger(tmp_path)
+    assert logger.version == 0
+    (tmp_path / "treadle_logs" / "version_0").mkdir(parents=True)
+    assert logger.version == 0  # not re-resolved
+
+
+def test_explicit_int_and_str_versions(tmp_path: Path) -> None:
+    numbered = CSVLogger(tmp_path, name="exp", version=5)
+    named = CSVLogger(tmp_path, name="exp", version="baseline")
+    assert numbered.log_dir == os.fspath(tmp_path / "exp" / "version_5")
+    assert named.log_dir == os.fspath(tmp_path / "exp" / "baseline")
+    assert (numbered.version, named.version, named.name, named.root_dir) == (
+        5,
+        "baseline",
+        "exp",
+        str(tmp_path),
+    )
+
+
+def test_new_column_rewrites_header_and_keeps_every_earlier_value(tmp_path: Path) -> None:
+    logger = CSVLogger(tmp_path, flush_logs_every_n_steps=1)
+    for step in range(3):
+        logger.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
+    logger.save()
+    assert metrics_file(logger).read_text().splitlines()[0] == "step,loss"
+
+    # "acc" sorts before "loss": the existing column must move, not just gain a neighbour.
+    logger.log_metrics({"loss": 0.2, "acc": 0.9}, step=3)
+    logger.log_metrics({"zeta": 7}, step=4)
+    logger.save()
+
+    lines = metrics_file(logger).read_text().splitlines()
+    assert lines == [
+        "step,acc,loss,zeta",
+        "0,,1.0,",
+        "1,,0.5,",
+        "2,,0.3333333333333333,",
+        "3,0.9,0.2,",
+        "4,,,7",
+    ]
+    assert read_csv_metrics(metrics_file(logger)) == {
+        "acc": [(3, 0.9)],
+        "loss": [(0, 1.0), (1, 0.5), (2, 1 / 3), (3, 0.2)],
+        "zeta": [(4, 7.0)],
+    }
+    assert [p.name for p in Path(logger.log_dir).iterdir()] == ["metrics.csv"]  # no temp files left
+
+
+def test_rows_wait_for_the_cadence_and_save_writes_them(tmp_path: Path) -> None:
+    logger = CSVLogger(tmp_path, flush_logs_every_n_steps=3)
+    logger.log_metrics({"loss": 3.0}, step=0)
+    logger.log_metrics({"loss": 2.0}, step=1)
+    assert not metrics_file(logger).exists()
+
+    logger.log_metrics({"loss": 1.0}, step=2)
+    # The newest row stays buffered: the next call may add metrics for step 2.
+    assert read_csv_metrics(metrics_file(logger)) == {"loss": [(0, 3.0), (1, 2.0)]}
+
+    logger.save()
+    assert read_csv_metrics(metrics_file(logger)) == {"loss": [(0, 3.0), (1, 2.0), (2, 1.0)]}
+
+
+def test_calls_with_the_same_step_share_a_row_even_across_a_flush(tmp_path: Path) -> None:
+    logger = CSVLogger(tmp_path, flush_logs_every_n_steps=2)
+    logger.log_metrics({"loss": 1.0}, step=10)
+    logger.log_metrics({"lr": 0.1}, step=10)  # flush point
+    logger.log_metrics({"acc": 0.5}, step=10)
+    logger.log_metrics({"loss": 0.5}, step=10)  # same metric again: a new row
+    logger.log_metrics({"loss": 0.4})
+    logger.log_metrics({"lr": 0.2})  # no step: never merged
+    logger.finalize("success")
+    assert metrics_file(logger).read_text().splitlines() == [
+        "step,acc,loss,lr",
+        "10,0.5,1.0,0.1",
+        "10,,0.5,",
+        ",,0.4,",
+        ",,,0.2",
+    ]
+    assert read_csv_metrics(metrics_file(logger))["loss"] == [(10, 1.0), (10, 0.5), (None, 0.4)]
+
+
+def test_finalize_is_idempotent_and_logging_can_continue(tmp_path: Path) -> None:
+    logger = CSVLogger(tmp_path)
+    assert logger.status is None
+    logger.log_metrics({"loss": 1.0}, step=0)
+    logger.finalize("success")
+    content = metrics_file(logger).read_text()
+    logger.finalize("success")
+    assert metrics_file(logger).read_text() == content
+    assert logger.status == "success"
+
+    logger.log_metrics({"loss": 0.5}, step=1)
+    logger.finalize("interrupted")
+    assert read_csv_metrics(metrics_file(logger)) == {"loss": [(0, 1.0), (1, 0.5)]}
+    assert logger.status == "interrupted"
+
+
+def test_finalize_without_metrics_writes_nothing(tmp_path: Path) -> None:
+    logger = CSVLogger(tmp_path)
+    logger.save()
+    logger.finalize("failed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_prefix_joins_with_a_slash(tmp_path: Path) -> None:
+    logger = CSVLogger(tmp_path, prefix="train")
+    logger.log_metrics({"loss": 1.0, "step": 3.0}, step=0)  # "train/step" does not clash with the step column
+    logger.save()
+    assert logger.prefix == "train"
+    assert metrics_file(logger).read_text().splitlines()[0] == "step,train/loss,train/step"
+
+
+def test_values_ints_tensors_and_non_finite(tmp_path: Path) -> None:
+    logger = CSVLogger(tmp_path)
+    logger.log_metrics(
+        {"epoch": 3, "t": torch.tensor(0.25), "one": torch.tensor([2.0]), "nan": math.nan, "inf": math.inf},
+        step=0,
+    )
+    logger.log_metrics({"inf": -math.inf}, step=1)
+    logger.save()
+    lines = metrics_file(logger).read_text().splitlines()
+    assert lines == ["step,epoch,inf,nan,one,t", "0,3,inf,nan,2.0,0.25", "1,,-inf,,,"]
+    back = read_csv_metrics(metrics_file(logger))
+    assert math.isnan(back["nan"][0][1])
+    assert back["inf"] == [(0, math.inf), (1, -math.inf)]
+
+
+def test_hparams_json(tmp_path: Path) -> None:
+    @dataclasses.dataclass
+    class Optim:
+        lr: float = 1e-3
+        betas: tuple[float, float] = (0.9, 0.99)
+
+    logger = CSVLogger(tmp_path, version=0)
+    logger.log_hyperparams(
+        {"optim": Optim(), "path": tmp_path / "data", "dtype": torch.bfloat16, "layers": [64, 64], 3: None}
+    )
+    logger.log_hyperparams(argparse.Namespace(seed=7, layers=[32]))  # merged; later values win
+
+    text = (Path(logger.log_dir) / "hparams.json").read_text()
+    assert text.startswith('{\n  "optim": {\n    "lr": 0.001')  # indented for people
+    assert json.loads(text) == {
+        "optim": {"lr": 0.001, "betas": [0.9, 0.99]},
+        "path": str(tmp_path / "data"),
+        "dtype": "torch.bfloat16",
+        "layers": [32],
+        "3": None,
+        "seed": 7,
+    }
+
+
+def test_resuming_an_explicit_version_appends_after_existing_rows(tmp_path: Path) -> None:
+    first = CSVLogger(tmp_path, version="run")
+    first.log_metrics({"loss": 1.0}, step=0)
+    first.finalize("interrupted")
+    # A crash mid-append can leave the last line unterminated.
+    with open(metrics_file(first), "a") as file:
+        file.write("1,0.9")
+
+    resumed = CSVLogger(tmp_path, version="run")
+    resumed.log_metrics({"loss": 0.8}, step=2)
+    resumed.save()
+    resumed.log_metrics({"loss": 0.7, "acc": 0.1}, step=3)
+    resumed.save()
+    assert read_csv_metrics(metrics_file(resumed)) == {
+        "acc": [(3, 0.1)],
+        "loss": [(0, 1.0), (1, 0.9), (2, 0.8), (3, 0.7)],
+    }
+
+
+def test_refuses_to_append_to_a_foreign_csv(tmp_path: Path) -> None:
+    logger = CSVLogger(tmp_path, version=0)
+    Path(logger.log_dir).mkdir(parents=True)
+    metrics_file(logger).write_text("epoch,loss\n0,1.0\n")
+    logger.log_metrics({"loss": 1.0}, step=0)
+    with pytest.raises(ValueError, match=r"not written by CSVLogger: its first column is 'epoch'.*version="):
+        logger.save()
+    assert metrics_file(logger).read_text() == "epoch,loss\n0,1.0\n"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"root_dir": 123}, TypeError, r"CSVLogger\(root_dir=123\) must be a str or os.PathLike, got int"),
+        ({"name": ""}, ValueError, r"CSVLogger\(name=''\) must be a non-empty str.*'treadle_logs'"),
+        ({"version": -1}, ValueError, r"CSVLogger\(version=-1\) must be >= 0. Pass None"),
+        ({"version": 1.5}, TypeError, r"CSVLogger\(version=1.5\) must be None, an int or a str, got float"),
+        ({"version": "a/b"}, ValueError, r"CSVLogger\(version='a/b'\) must be a plain folder name"),
+        ({"version": ".."}, ValueError, r"CSVLogger\(version='..'\) must be a plain folder name"),
+        ({"prefix": None}, TypeError, r"CSVLogger\(prefix=None\) must be a str.*Pass ''"),
+        ({"flush_logs_every_n_steps": 0}, ValueError, r"flush_logs_every_n_steps=0\) must be a positive int"),
+        ({"flush_logs_every_n_steps": True}, ValueError, r"flush_logs_every_n_steps=True\) must be"),
+        ({"flush_logs_every_n_steps": 2.0}, ValueError, r"flush_logs_every_n_steps=2.0\) must be.*Pass 1"),
+    ],
+)
+def test_bad_constructor_arguments(
+    tmp_path: Path, kwargs: dict[str, object], error: type[Exception], message: str
+) -> None:
+    arguments: dict[str, object] = {"root_dir": tmp_path, **kwargs}
+    with pytest.raises(error, match=message):
+        CSVLogger(**arguments)  # type: ignore[arg-type]
+
+
+def test_bad_log_calls(tmp_path: Path) -> None:
+    logger = CSVLogger(tmp_path)
+    with pytest.raises(TypeError, match=r"log_metrics\(step='3'\) must be an int or None, got str"):
+        logger.log_metrics({"loss": 1.0}, step="3")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"log_metrics\(step=1.5\) must be an int"):
+        logger.log_metrics({"loss": 1.0}, step=1.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"metric 'loss' = 'low' \(str\), which is not a number"):
+        logger.log_metrics({"loss": "low"})  # type: ignore[dict-item]
+    with pytest.raises(TypeError, match=r"metric 'w' = .* \(Tensor\), which is not a number"):
+        logger.log_metrics({"w": torch.ones(3)})  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match=r"metric named 'step'.*Rename the metric"):
+        logger.log_metrics({"step": 1.0})
+    with pytest.raises(TypeError, match=r"log_hyperparams\(params=\[1\]\) must be a Mapping"):
+        logger.log_hyperparams([1])  # type: ignore[arg-type]
+    # Integer-valued steps from numpy or tensors are fine.
+    logger.log_metrics({"loss": 1.0}, step=torch.tensor(4))  # type: ignore[arg-type]
+    logger.save()
+    assert read_csv_metrics(metrics_file(logger)) == {"loss": [(4, 1.0)]}
+
+
+def test_read_csv_metrics_tolerates_float_steps_and_reports_bad_cells(tmp_path: Path) -> None:
+    good = tmp_path / "good.csv"
+    good.write_text("step,loss\n10.0,1\n,2\n\n")
+    assert read_csv_metrics(good) == {"loss": [(10, 1.0), (None, 2.0)]}
+
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    assert read_csv_metrics(empty) == {}
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("step,loss\n0,1\n1,oops\n")
+    with pytest.raises(ValueError, match=r"bad.csv, line 3: column 'loss' holds 'oops'"):
+        read_csv_metrics(bad)
+    bad.write_text("step,loss\n0.5,1\n")
+    with pytest.raises(ValueError, match=r"line 2: the step column holds '0.5', which is not an integer"):
+        read_csv_metrics(bad)
+    with pytest.raises(FileNotFoundError):
+        read_csv_metrics(tmp_path / "missing.csv")
+
+
+def test_atomic_open_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> None:
+    target = tmp_path / "file.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_open(target, "w") as file:
+        file.write("new, half written")
+        raise RuntimeError("disk full")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["file.txt"]
+
+
+def test_run_folder_path_for_each_version_kind(tmp_path: Path) -> None:
+    assert RunFolder(tmp_path, "n", None, owner="X").path == tmp_path / "n" / "version_0"
+    assert RunFolder(tmp_path, "n", 2, owner="X").path == tmp_path / "n" / "version_2"
+    assert RunFolder(tmp_path, "n", "best", owner="X").path == tmp_path / "n" / "best"

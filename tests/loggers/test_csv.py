@@ -239,6 +239,7 @@ def test_refuses_to_append_to_a_foreign_csv(tmp_path: Path) -> None:
     [
         ({"root_dir": 123}, TypeError, r"CSVLogger\(root_dir=123\) must be a str or os.PathLike, got int"),
         ({"name": ""}, ValueError, r"CSVLogger\(name=''\) must be a non-empty str.*'treadle_logs'"),
+        ({"name": None}, TypeError, r"CSVLogger\(name=None\) must be a str, got NoneType"),
         ({"version": -1}, ValueError, r"CSVLogger\(version=-1\) must be >= 0. Pass None"),
         ({"version": 1.5}, TypeError, r"CSVLogger\(version=1.5\) must be None, an int or a str, got float"),
         ({"version": "a/b"}, ValueError, r"CSVLogger\(version='a/b'\) must be a plain folder name"),

@@ -120,7 +120,7 @@ class RunFolder:
 
     Raises:
         TypeError: An argument has the wrong type.
-        ValueError: ``name`` is empty, ``version`` is negative, or a str ``version`` is not a plain
+        ValueError: ``name`` is empty or blank, ``version`` is negative, or a str ``version`` is not a plain
             folder name.
 
     Example:
@@ -141,7 +141,12 @@ class RunFolder:
                 f"{owner}(root_dir={root_dir!r}) must be a str or os.PathLike, got "
                 f"{type(root_dir).__name__}. Pass a folder path such as 'logs'."
             )
-        if not isinstance(name, str) or not name.strip():
+        if not isinstance(name, str):
+            raise TypeError(
+                f"{owner}(name={name!r}) must be a str, got {type(name).__name__}. Pass a name such as "
+                f"'treadle_logs'."
+            )
+        if not name.strip():
             raise ValueError(
                 f"{owner}(name={name!r}) must be a non-empty str: it is the experiment's folder under "
                 f"root_dir. Pass a name such as 'treadle_logs'."

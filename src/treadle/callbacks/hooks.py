@@ -1,0 +1,360 @@
+"""Hook names, typo detection, the optional `Callback` base and `rank_zero_only`.
+
+This module is the one place where the built-in hook names live. `HookRegistry` checks every callback's
+``on_*`` methods against them when the callback is registered, so a misspelled hook is reported where the
+mistake was made instead of silently never running.
+"""
+
+from __future__ import annotations
+
+import difflib
+import keyword
+import sys
+import warnings
+from typing import Any, TypeVar
+
+__all__ = [
+    "FABRIC_HOOKS",
+    "KNOWN_HOOKS",
+    "TRAINER_HOOKS",
+    "Callback",
+    "HookRegistry",
+    "rank_zero_only",
+]
+
+FABRIC_HOOKS: tuple[str, ...] = (
+    "on_after_setup",
+    "on_before_backward",
+    "on_after_backward",
+    "on_before_optimizer_step",
+    "on_after_optimizer_step",
+)
+"""Hooks that `Fabric` fires itself."""
+
+TRAINER_HOOKS: tuple[str, ...] = (
+    "on_fit_start",
+    "on_fit_end",
+    "on_train_start",
+    "on_train_end",
+    "on_train_epoch_start",
+    "on_train_epoch_end",
+    "on_train_batch_start",
+    "on_before_backward",
+    "on_after_backward",
+    "on_before_optimizer_step",
+    "on_before_zero_grad",
+    "on_train_batch_end",
+    "on_validation_start",
+    "on_validation_end",
+    "on_validation_epoch_start",
+    "on_validation_epoch_end",
+    "on_validation_batch_start",
+    "on_validation_batch_end",
+    "on_save_checkpoint",
+    "on_load_checkpoint",
+    "on_exception",
+)
+"""Hooks that the `Trainer` fires; each also receives the keyword arguments ``trainer=`` and ``fabric=``."""
+
+KNOWN_HOOKS: frozenset[str] = frozenset(FABRIC_HOOKS + TRAINER_HOOKS)
+"""Every built-in hook name: what typo detection checks callbacks against."""
+
+# Attribute set on functions decorated with `rank_zero_only`; the dispatcher reads it when it plans a call.
+RANK_ZERO_ONLY_MARK = "_treadle_rank_zero_only"
+
+# Names are compared without the shared "on_" prefix: with it, every pair of hooks already looks alike,
+# and invented hooks such as `on_test_end` would be reported as misspellings of `on_fit_end`. At 0.75 a
+# one- or two-letter typo and old names such as `on_epoch_end` are caught; `on_test_start` is not.
+_TYPO_CUTOFF = 0.75
+
+_T = TypeVar("_T")
+
+
+def _is_hook_identifier(name: str) -> bool:
+    return name.isidentifier() and not keyword.iskeyword(name)
+
+
+def caller_stacklevel() -> int:
+    """The `stacklevel` that makes a warning point at the first frame outside treadle."""
+    level = 1
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("treadle."):
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return level
+
+
+def _class_name(obj: object) -> str:
+    return type(obj).__name__
+
+
+class HookRegistry:
+    """The hook names one `Fabric` knows: `KNOWN_HOOKS`, names declared with `register`, and every name
+    fired through `CallbackDispatcher.call`.
+
+    Example:
+        >>> registry = HookRegistry()
+        >>> registry.register("on_plot")
+        >>> "on_plot" in registry, "on_train_batch_end" in registry
+        (True, True)
+    """
+
+    def __init__(self) -> None:
+        self._names: set[str] = set(KNOWN_HOOKS)
+        # One warning per (class, method) for the lifetime of this registry, however many instances of the
+        # class are registered.
+        self._warned: set[tuple[type, str]] = set()
+
+    @property
+    def names(self) -> frozenset[str]:
+        """Every name this registry knows."""
+        return frozenset(self._names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+    def register(self, name: str) -> None:
+        """Declare a hook of your own, so that callbacks implementing it are not reported as typos.
+
+        Args:
+            name: the hook name; a Python identifier starting with ``on_``.
+
+        Raises:
+            TypeError: `name` is not a string.
+            ValueError: `name` is not an identifier or does not start with ``on_``.
+
+        Example:
+            >>> HookRegistry().register("on_generate_samples")
+        """
+        if not isinstance(name, str):
+            raise TypeError(
+                f"register_hook(name={name!r}): the hook name must be a str, got {type(name).__name__}. "
+                f"Pass the method name your callbacks implement, e.g. register_hook('on_generate_samples')."
+            )
+        if not _is_hook_identifier(name) or not name.startswith("on_"):
+            raise ValueError(
+                f"register_hook(name={name!r}): a hook name must be a Python identifier starting with 'on_', "
+                f"because it is the name of the callback method that implements it. "
+                f"For example: register_hook('on_generate_samples')."
+            )
+        self._names.add(name)
+
+    def record_call(self, name: str) -> None:
+        """Remember a name fired through `call()`, so callbacks registered later may implement it.
+
+        Unlike `register`, any identifier is accepted: `call` may fire events not named ``on_*``.
+        """
+        self._names.add(name)
+
+    def check_callback(self, callback: object, *, strict: bool) -> None:
+        """Report the callback's ``on_*`` methods that match no known hook.
+
+        A method whose name is close to a known hook gets one `UserWarning` per (class, method): it is
+        almost certainly a misspelling and would never run. Other unknown names are accepted (they may be
+        hooks the user fires with `call`) unless `strict` is true.
+
+        Args:
+            callback: the callback object about to be registered.
+            strict: raise for every unknown ``on_*`` method instead of warning about close ones.
+
+        Raises:
+            ValueError: `strict` is true and the callback has ``on_*`` methods that are not known hooks.
+
+        Example:
+            >>> class Typo:
+            ...     def on_train_batch_ned(self): ...
+            >>> HookRegistry().check_callback(Typo(), strict=False)  # doctest: +SKIP
+            UserWarning: `Typo.on_train_batch_ned` looks like a misspelling of `on_train_batch_end`; ...
+        """
+        unknown = [name for name in _hook_method_names(callback) if name not in self._names]
+        if not unknown:
+            return
+        cls = type(callback)
+        if strict:
+            described = []
+            for name in unknown:
+                close = self._close_matches(name)
+                hint = f" (did you mean {', '.join(f'`{c}`' for c in close)}?)" if close else ""
+                described.append(f"`{name}`{hint}")
+            raise ValueError(
+                f"Callback `{cls.__name__}` defines `on_*` methods that are not known hooks: {', '.join(described)}. "
+                f"strict_hooks=True makes unknown `on_*` methods an error. Rename each misspelled method, or "
+                f"declare your own hook with fabric.register_hook('{unknown[0]}') before adding the callback."
+            )
+        for name in unknown:
+            close = self._close_matches(name)
+            if not close or (cls, name) in self._warned:
+                continue
+            self._warned.add((cls, name))
+            warnings.warn(
+                f"`{cls.__name__}.{name}` looks like a misspelling of `{close[0]}`; it will never be called. "
+                f"Rename it, or declare it with fabric.register_hook('{name}') if it is your own hook.",
+                UserWarning,
+                stacklevel=caller_stacklevel(),
+            )
+
+    def _close_matches(self, name: str) -> list[str]:
+        by_stem = {known[3:]: known for known in self._names if known.startswith("on_")}
+        stems = difflib.get_close_matches(name[3:], sorted(by_stem), n=3, cutoff=_TYPO_CUTOFF)
+        return [by_stem[stem] for stem in stems]
+
+
+def _hook_method_names(callback: object) -> list[str]:
+    """Public ``on_*`` names of `callback` (its class hierarchy and its instance dict) that hold callables."""
+    names: set[str] = {name for name in dir(type(callback)) if name.startswith("on_")}
+    try:
+        instance_dict = object.__getattribute__(callback, "__dict__")
+    except AttributeError:  # __slots__ classes have no instance dict
+        instance_dict = {}
+    names.update(name for name in instance_dict if isinstance(name, str) and name.startswith("on_"))
+    found = []
+    for name in sorted(names):
+        # Looked up statically: a property named `on_*` must not run just because we are checking names.
+        raw = instance_dict[name] if name in instance_dict else _static_class_lookup(type(callback), name)
+        if callable(raw) or isinstance(raw, (staticmethod, classmethod)):
+            found.append(name)
+    return found
+
+
+def _static_class_lookup(cls: type, name: str) -> object:
+    for klass in cls.__mro__:
+        if name in klass.__dict__:
+            return klass.__dict__[name]
+    return None
+
+
+def rank_zero_only(fn: _T) -> _T:
+    """Mark one hook method so that it runs only on the process with global rank 0.
+
+    The function is returned unchanged (its signature stays visible to argument filtering); the
+    dispatcher reads the mark when it plans a call. To restrict a whole callback, set the class attribute
+    ``rank_zero_only = True`` instead.
+
+    Args:
+        fn: a function, `staticmethod` or `classmethod`.
+
+    Returns:
+        `fn` itself, marked.
+
+    Raises:
+        TypeError: `fn` is not callable.
+
+    Example:
+        >>> class Printer:
+        ...     @rank_zero_only
+        ...     def on_train_end(self):
+        ...         print("done")
+    """
+    target: object = fn.__func__ if isinstance(fn, (staticmethod, classmethod)) else fn
+    if not callable(target):
+        raise TypeError(
+            f"@rank_zero_only decorates a hook method, got {fn!r} ({type(fn).__name__}). "
+            f"Put it directly above the `def` of the method."
+        )
+    setattr(target, RANK_ZERO_ONLY_MARK, True)
+    return fn
+
+
+class Callback:
+    """Optional base class that lists every built-in hook as a documented no-op.
+
+    Nothing needs to inherit from it: any object with a method named like a hook is a callback. Inherit
+    for IDE completion and these docs. Methods you do not override are never called.
+
+    Arguments are delivered as the caller passes them: positional arguments unchanged, and of the keyword
+    arguments only those your method declares (all of them if it takes ``**kwargs``). So an override may
+    accept just the keywords it needs, e.g. ``def on_train_batch_end(self, loss, output, batch, batch_idx,
+    trainer)``. Hooks fired by the Trainer also get the keywords ``trainer=`` and ``fabric=``.
+
+    Attributes:
+        rank_zero_only: set to True in a subclass to run every hook of the callback on global rank 0 only.
+
+    Example:
+        >>> class PrintLoss(Callback):
+        ...     def on_train_batch_end(self, loss, output, batch, batch_idx):
+        ...         print(float(loss))
+    """
+
+    rank_zero_only: bool = False
+
+    @property
+    def state_key(self) -> str:
+        """Key under which this callback's state is stored in checkpoints: its class's qualified name."""
+        return type(self).__qualname__
+
+    # Hooks fired by Fabric.
+
+    def on_after_setup(self, *args: Any, **kwargs: Any) -> None:
+        """After `fabric.setup(module, ...)` has moved and wrapped a model; receives ``fabric, module``."""
+
+    def on_before_backward(self, *args: Any, **kwargs: Any) -> None:
+        """Before `fabric.backward(loss)` computes gradients; receives ``loss``."""
+
+    def on_after_backward(self, *args: Any, **kwargs: Any) -> None:
+        """After `fabric.backward(loss)` has computed gradients; receives no arguments from Fabric."""
+
+    def on_before_optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """Before a wrapped optimizer's `step()` runs; receives ``optimizer``."""
+
+    def on_after_optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """After a wrapped optimizer's `step()`; receives ``optimizer``."""
+
+    # Hooks fired by the Trainer (each also receives trainer= and fabric=).
+
+    def on_fit_start(self, *args: Any, **kwargs: Any) -> None:
+        """When `Trainer.fit` starts, before any loop runs."""
+
+    def on_fit_end(self, *args: Any, **kwargs: Any) -> None:
+        """When `Trainer.fit` finishes normally."""
+
+    def on_train_start(self, *args: Any, **kwargs: Any) -> None:
+        """Before the first training epoch."""
+
+    def on_train_end(self, *args: Any, **kwargs: Any) -> None:
+        """After the last training epoch."""
+
+    def on_train_epoch_start(self, *args: Any, **kwargs: Any) -> None:
+        """At the start of each training epoch."""
+
+    def on_train_epoch_end(self, *args: Any, **kwargs: Any) -> None:
+        """At the end of each training epoch."""
+
+    def on_train_batch_start(self, *args: Any, **kwargs: Any) -> None:
+        """Before the training step of a batch; receives ``batch, batch_idx``."""
+
+    def on_before_zero_grad(self, *args: Any, **kwargs: Any) -> None:
+        """Before the Trainer zeroes the gradients after an optimizer step; receives ``optimizer``."""
+
+    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        """After the training step of a batch; receives ``loss, output, batch, batch_idx``."""
+
+    def on_validation_start(self, *args: Any, **kwargs: Any) -> None:
+        """Before a validation run."""
+
+    def on_validation_end(self, *args: Any, **kwargs: Any) -> None:
+        """After a validation run."""
+
+    def on_validation_epoch_start(self, *args: Any, **kwargs: Any) -> None:
+        """At the start of a validation epoch."""
+
+    def on_validation_epoch_end(self, *args: Any, **kwargs: Any) -> None:
+        """At the end of a validation epoch."""
+
+    def on_validation_batch_start(self, *args: Any, **kwargs: Any) -> None:
+        """Before the validation step of a batch; receives ``batch, batch_idx``."""
+
+    def on_validation_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        """After the validation step of a batch; receives ``output, batch, batch_idx``."""
+
+    def on_save_checkpoint(self, *args: Any, **kwargs: Any) -> None:
+        """Before a checkpoint is written; receives the ``checkpoint`` dict, which the callback may edit."""
+
+    def on_load_checkpoint(self, *args: Any, **kwargs: Any) -> None:
+        """After a checkpoint is read; receives the loaded ``checkpoint`` dict."""
+
+    def on_exception(self, *args: Any, **kwargs: Any) -> None:
+        """When fitting stops with an exception, before it propagates; receives ``exception``."""
+
+
+# The no-op functions above: the dispatcher skips a callback whose hook still resolves to one of them.
+NOOP_HOOKS: frozenset[object] = frozenset(Callback.__dict__[name] for name in KNOWN_HOOKS)

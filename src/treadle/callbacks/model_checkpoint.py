@@ -1,0 +1,398 @@
+"""ModelCheckpoint: save checkpoints on a schedule, keep the best k, and a ``last.ckpt`` to resume from."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import uuid
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import torch
+
+from treadle.callbacks.hooks import Callback
+
+__all__ = ["ModelCheckpoint"]
+
+Mode = Literal["min", "max"]
+_MODES = ("min", "max")
+LAST_NAME = "last.ckpt"
+
+
+class ModelCheckpoint(Callback):
+    """Saves checkpoints every ``every_n_epochs`` epochs or ``every_n_steps`` optimizer steps, keeps the
+    ``save_top_k`` best by ``monitor`` (or the most recent ones without a monitor), deletes the files that
+    drop out, and keeps ``last.ckpt`` pointing at the newest state.
+
+    Every file is written atomically (a reader sees the old file or the complete new one), and this
+    callback's own state (which files are the best, their scores) is part of each checkpoint, so a resumed
+    run keeps ranking and deleting correctly.
+
+    In the Trainer, files go to ``trainer.checkpoint_dir`` by default and are written with
+    ``trainer.save_checkpoint``, so ``last.ckpt`` is what ``fit(..., ckpt_path="last")`` resumes from.
+    The monitored value is read from ``trainer.callback_metrics`` (validation runs before
+    ``on_train_epoch_end``, so its metrics are fresh there).
+
+    In a Fabric-only loop, give ``dirpath`` and fire the hooks with what to save:
+    ``fabric.call("on_train_epoch_end", fabric=fabric, state=state, epoch=epoch, step=step,
+    metrics={"val_loss": v})``; files are written with ``fabric.save(path, state)``. Put the callback itself
+    into ``state`` (it has ``state_dict``) to checkpoint its bookkeeping too.
+
+    Args:
+        dirpath: the folder; default ``trainer.checkpoint_dir`` (required in a Fabric-only loop).
+        filename: a ``str.format`` template; ``{epoch}`` (from 0), ``{step}`` and any logged metric, e.g.
+            ``"{epoch}-{val_loss:.3f}"``. ``.ckpt`` is appended unless it ends with ``.ckpt`` or ``.pt``.
+        monitor: the metric that ranks checkpoints; None ranks them by recency.
+        mode: ``"min"`` if a lower ``monitor`` is better, ``"max"`` if higher is better.
+        save_top_k: how many ranked files to keep; -1 keeps all, 0 writes none (only ``last.ckpt``).
+        save_last: also keep ``last.ckpt``, the newest state (a hard link to the newest ranked file when
+            possible, so it costs no second write).
+        every_n_steps: save every this many optimizer steps (at ``on_train_batch_end``).
+        every_n_epochs: save at the end of every this many epochs; default 1 unless ``every_n_steps`` is
+            set; 0 disables epoch saves.
+        name: distinguishes the checkpoint state of several ModelCheckpoint callbacks in one run.
+        verbose: print a line for each save (global rank 0).
+
+    Raises:
+        ValueError: an argument is out of range; the message names it.
+
+    Example::
+
+        checkpoint = ModelCheckpoint(monitor="val_loss", save_top_k=2, filename="{epoch}-{val_loss:.3f}")
+        trainer = Trainer(max_epochs=10, callbacks=[checkpoint])
+        trainer.fit(model, train_loader, val_loader)
+        print(checkpoint.best_model_path, checkpoint.best_model_score)
+    """
+
+    def __init__(
+        self,
+        dirpath: str | os.PathLike[str] | None = None,
+        filename: str = "epoch={epoch}-step={step}",
+        monitor: str | None = None,
+        mode: Mode = "min",
+        save_top_k: int = 1,
+        save_last: bool = True,
+        every_n_steps: int | None = None,
+        every_n_epochs: int | None = None,
+        name: str | None = None,
+        verbose: bool = False,
+    ) -> None:
+        if not isinstance(filename, str) or not filename:
+            raise ValueError(f"ModelCheckpoint(filename={filename!r}) must be a non-empty template string.")
+        if os.sep in filename or (os.altsep and os.altsep in filename):
+            raise ValueError(
+                f"ModelCheckpoint(filename={filename!r}) must be a file name, not a path: put the folder in "
+                "dirpath=..."
+            )
+        if monitor is not None and (not isinstance(monitor, str) or not monitor):
+            raise ValueError(
+                f"ModelCheckpoint(monitor={monitor!r}) must name a metric, e.g. 'val_loss', or be None."
+            )
+        if mode not in _MODES:
+            raise ValueError(f"ModelCheckpoint(mode={mode!r}) is not a choice. Choose one of: 'min', 'max'.")
+        if isinstance(save_top_k, bool) or not isinstance(save_top_k, int) or save_top_k < -1:
+            raise ValueError(
+                f"ModelCheckpoint(save_top_k={save_top_k!r}) must be an int >= -1 (-1 keeps every file, 0 none)."
+            )
+        for argument, value in (("every_n_steps", every_n_steps), ("every_n_epochs", every_n_epochs)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ValueError(f"ModelCheckpoint({argument}={value!r}) must be a non-negative int or None.")
+        if every_n_epochs is None:
+            every_n_epochs = 0 if every_n_steps else 1
+        self.dirpath = None if dirpath is None else os.fspath(dirpath)
+        self.filename = filename
+        self.monitor = monitor
+        self.mode: Mode = (
+            mode if monitor is not None else "max"
+        )  # without a monitor, newer (higher step) wins
+        self.save_top_k = save_top_k
+        self.save_last = save_last
+        self.every_n_steps = every_n_steps or 0
+        self.every_n_epochs = every_n_epochs
+        self.verbose = verbose
+        self._name = name
+        # (path, score) of the files kept, best first. Without a monitor the score is the step.
+        self._kept: list[tuple[str, float]] = []
+        self.last_model_path: str | None = None
+        self._last_saved_step: int | None = None
+        self._loaded_dirpath: str | None = None
+        self._fabric: Any = None
+        self._own_step = 0  # batches seen in a Fabric-only loop that passes no step=
+
+    @property
+    def state_key(self) -> str:
+        base = type(self).__qualname__
+        return base if self._name is None else f"{base}[{self._name}]"
+
+    @property
+    def best_model_path(self) -> str | None:
+        """The best file kept (the newest without a monitor), or None before the first save."""
+        return self._kept[0][0] if self._kept else None
+
+    @property
+    def best_model_score(self) -> float | None:
+        """The monitored value of ``best_model_path`` (None without a monitor)."""
+        return self._kept[0][1] if self._kept and self.monitor is not None else None
+
+    @property
+    def best_k_models(self) -> dict[str, float]:
+        """The files kept and their scores, best first."""
+        return dict(self._kept)
+
+    # --- hooks -------------------------------------------------------------------------------------------
+    def on_after_setup(self, fabric: Any = None) -> None:
+        if fabric is not None:
+            self._fabric = fabric
+
+    def on_train_batch_end(
+        self,
+        trainer: Any = None,
+        fabric: Any = None,
+        state: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        epoch: int | None = None,
+        step: int | None = None,
+    ) -> None:
+        if trainer is None and step is None:
+            self._own_step += 1
+        if not self.every_n_steps:
+            return
+        target = _Target.resolve(self, trainer, fabric, state, metrics, epoch, step)
+        if target.step > 0 and target.step % self.every_n_steps == 0 and target.step != self._last_saved_step:
+            self._save(target)
+
+    def on_train_epoch_end(
+        self,
+        trainer: Any = None,
+        fabric: Any = None,
+        state: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        epoch: int | None = None,
+        step: int | None = None,
+    ) -> None:
+        if not self.every_n_epochs:
+            return
+        target = _Target.resolve(self, trainer, fabric, state, metrics, epoch, step)
+        if (target.epoch + 1) % self.every_n_epochs == 0 and target.step != self._last_saved_step:
+            self._save(target)
+
+    # --- saving ------------------------------------------------------------------------------------------
+    def _save(self, target: _Target) -> None:
+        self._forget_other_folder(target.dirpath)
+        score = self._score(target)
+        path = os.path.join(target.dirpath, self._format_name(target))
+        keep, displaced = self._rank(path, score)
+        if target.world_size > 1:
+            # Ranks could disagree on a float near a tie; all must take rank 0's decision, because saving
+            # is collective.
+            keep, displaced = target.broadcast((keep, displaced))
+        # The bookkeeping is updated before writing, so that the checkpoint holds the state that
+        # includes itself.
+        if keep:
+            self._kept = [(p, s) for p, s in self._kept if p != path and p not in displaced] + [(path, score)]
+            self._kept.sort(key=lambda item: item[1], reverse=self.mode == "max")
+        last_path = os.path.join(target.dirpath, LAST_NAME)
+        if self.save_last:
+            self.last_model_path = last_path
+        self._last_saved_step = target.step
+        if keep:
+            target.save(path)
+        if self.save_last:
+            # A hard link renamed over last.ckpt makes it the same file without writing it twice.
+            linked = keep and target.is_global_zero and _link(path, last_path)
+            if target.world_size > 1:
+                linked = target.broadcast(linked)
+            if not linked:
+                target.save(last_path)
+        if target.is_global_zero:
+            for old in displaced:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(old)
+        if self.verbose and target.is_global_zero:
+            what = os.path.basename(path) if keep else LAST_NAME
+            score_text = f" ({self.monitor}={score:.6g})" if self.monitor is not None else ""
+            print(f"ModelCheckpoint: saved {what}{score_text}", flush=True)
+
+    def _forget_other_folder(self, dirpath: str) -> None:
+        loaded, self._loaded_dirpath = self._loaded_dirpath, None
+        if loaded is None or os.path.abspath(loaded) == os.path.abspath(dirpath):
+            return
+        if self._kept:
+            warnings.warn(
+                f"ModelCheckpoint: the resumed checkpoint kept its files in {loaded!r}, but this run saves to "
+                f"{dirpath!r}; those files are left alone and ranking starts afresh here.",
+                UserWarning,
+                stacklevel=3,
+            )
+        self._kept = []
+
+    def _score(self, target: _Target) -> float:
+        if self.monitor is None:
+            return float(target.step)
+        if self.monitor not in target.metrics:
+            available = ", ".join(sorted(target.metrics)) or "none"
+            raise RuntimeError(
+                f"ModelCheckpoint(monitor={self.monitor!r}) found no value for {self.monitor!r} at step "
+                f"{target.step} (available: {available}). Log it before checkpoints are saved, or pass "
+                "metrics={...} when you fire the hook in your own loop."
+            )
+        value = _to_float(target.metrics[self.monitor])
+        if math.isnan(value):
+            return math.inf if self.mode == "min" else -math.inf  # never better than a real value
+        return value
+
+    def _rank(self, path: str, score: float) -> tuple[bool, list[str]]:
+        """Whether to write ``path`` as a ranked file, and which kept files it displaces."""
+        if self.save_top_k == 0:
+            return False, []
+        # Sorting is stable and the candidate comes last, so on a tie the file already kept stays.
+        ranked = [(p, s) for p, s in self._kept if p != path] + [(path, score)]
+        ranked.sort(key=lambda item: item[1], reverse=self.mode == "max")
+        if self.save_top_k == -1:
+            return True, []
+        kept = {p for p, _ in ranked[: self.save_top_k]}
+        if path not in kept:
+            return False, []
+        return True, [p for p, _ in ranked[self.save_top_k :]]
+
+    def _format_name(self, target: _Target) -> str:
+        values = {name: _to_float(value) for name, value in target.metrics.items()}
+        values.update(epoch=target.epoch, step=target.step)
+        try:
+            name = self.filename.format(**values)
+        except (KeyError, IndexError, ValueError) as error:
+            raise ValueError(
+                f"ModelCheckpoint(filename={self.filename!r}) could not be filled in ({error!r}). It may use "
+                f"{{epoch}}, {{step}} and the logged metrics: {', '.join(sorted(target.metrics)) or 'none yet'}."
+            ) from None
+        return name if name.endswith((".ckpt", ".pt")) else name + ".ckpt"
+
+    # --- checkpoints -------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "dirpath": self.dirpath,
+            "monitor": self.monitor,
+            "mode": self.mode,
+            "kept": [list(item) for item in self._kept],
+            "last_model_path": self.last_model_path,
+            "last_saved_step": self._last_saved_step,
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        if state_dict.get("monitor") != self.monitor or state_dict.get("mode") != self.mode:
+            warnings.warn(
+                f"ModelCheckpoint: the checkpoint ranked files by monitor={state_dict.get('monitor')!r}, "
+                f"mode={state_dict.get('mode')!r}, but this one uses monitor={self.monitor!r}, mode={self.mode!r}; "
+                "the earlier files are not ranked or deleted by this run.",
+                UserWarning,
+                stacklevel=2,
+            )
+            return
+        kept = [(str(path), float(score)) for path, score in state_dict.get("kept", [])]
+        missing = [path for path, _ in kept if not os.path.exists(path)]
+        if missing:
+            warnings.warn(
+                f"ModelCheckpoint: {len(missing)} checkpoint file(s) recorded as kept no longer exist and are "
+                f"forgotten: {missing}",
+                UserWarning,
+                stacklevel=2,
+            )
+        self._kept = [(path, score) for path, score in kept if path not in missing]
+        self.last_model_path = state_dict.get("last_model_path")
+        self._last_saved_step = state_dict.get("last_saved_step")
+        self._loaded_dirpath = state_dict.get("dirpath")
+
+
+class _Target:
+    """Where and how one save happens: the Trainer's or a Fabric-only loop's view, resolved once."""
+
+    def __init__(
+        self,
+        dirpath: str,
+        epoch: int,
+        step: int,
+        metrics: Mapping[str, Any],
+        save: Callable[[str], None],
+        fabric: Any,
+    ) -> None:
+        self.dirpath = dirpath
+        self.epoch = epoch
+        self.step = step
+        self.metrics = metrics
+        self.save = save
+        self._fabric = fabric
+        self.world_size = int(getattr(fabric, "world_size", 1)) if fabric is not None else 1
+        self.is_global_zero = bool(getattr(fabric, "is_global_zero", True)) if fabric is not None else True
+
+    def broadcast(self, obj: Any) -> Any:
+        return self._fabric.broadcast(obj, 0)
+
+    @staticmethod
+    def resolve(
+        callback: ModelCheckpoint,
+        trainer: Any,
+        fabric: Any,
+        state: Mapping[str, Any] | None,
+        metrics: Mapping[str, Any] | None,
+        epoch: int | None,
+        step: int | None,
+    ) -> _Target:
+        if trainer is not None:
+            dirpath = callback.dirpath if callback.dirpath is not None else os.fspath(trainer.checkpoint_dir)
+            return _Target(
+                dirpath,
+                trainer.current_epoch,
+                trainer.global_step,
+                trainer.callback_metrics,
+                trainer.save_checkpoint,
+                trainer.fabric,
+            )
+        fabric = fabric if fabric is not None else callback._fabric
+        if fabric is None or state is None:
+            raise RuntimeError(
+                "ModelCheckpoint in a loop without a Trainer needs `fabric=` and `state=` with the hook, e.g. "
+                "fabric.call('on_train_epoch_end', fabric=fabric, state={'model': model, 'optimizer': optimizer}, "
+                "epoch=epoch, step=step)."
+            )
+        if callback.dirpath is None:
+            raise ValueError(
+                "ModelCheckpoint(dirpath=None) only has a default inside the Trainer (trainer.checkpoint_dir). "
+                "Pass the folder, e.g. ModelCheckpoint(dirpath='checkpoints')."
+            )
+        saved_state = state
+
+        def save(path: str) -> None:
+            fabric.save(path, saved_state)
+
+        return _Target(
+            callback.dirpath,
+            0 if epoch is None else int(epoch),
+            callback._own_step if step is None else int(step),
+            metrics or {},
+            save,
+            fabric,
+        )
+
+
+def _link(source: str, destination: str) -> bool:
+    """Make ``destination`` a hard link to ``source``, atomically; False where links are not possible."""
+    temporary = os.path.join(os.path.dirname(destination), f".{LAST_NAME}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        os.link(source, temporary)
+    except OSError:
+        return False
+    try:
+        os.replace(temporary, destination)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+        raise
+    return True
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, torch.Tensor):
+        return float(value.detach().item())
+    return float(value)

@@ -1,0 +1,175 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from tests.callbacks.tiny_trainer import TinyRegression, fit_tiny, loaders, trainer_class
+from treadle import Fabric
+from treadle.callbacks.model_checkpoint import ModelCheckpoint
+
+
+def fabric_epochs(checkpoint: ModelCheckpoint, val_losses: list[float]) -> tuple[Fabric, nn.Module]:
+    """A Fabric-only loop: one optimizer step per 'epoch', validation values given."""
+    fabric = Fabric(accelerator="cpu", callbacks=[checkpoint])
+    model = nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model, optimizer = fabric.setup(model, optimizer)
+    state = {"model": model, "optimizer": optimizer, "checkpoint_callback": checkpoint}
+    for epoch, val_loss in enumerate(val_losses):
+        fabric.backward(model(torch.ones(1, 2)).sum())
+        optimizer.step()
+        optimizer.zero_grad()
+        fabric.call(
+            "on_train_epoch_end",
+            fabric=fabric,
+            state=state,
+            epoch=epoch,
+            step=epoch + 1,
+            metrics={"val_loss": torch.tensor(val_loss)},
+        )
+    return fabric, model
+
+
+def names(folder: Path) -> set[str]:
+    return {path.name for path in folder.iterdir()}
+
+
+def test_top_k_by_monitor_deletes_displaced_files(tmp_path: Path) -> None:
+    checkpoint = ModelCheckpoint(
+        tmp_path, filename="{epoch}-{val_loss:.2f}", monitor="val_loss", save_top_k=2
+    )
+    fabric_epochs(checkpoint, [0.5, 0.4, 0.6, 0.3, 0.45])
+    assert names(tmp_path) == {"1-0.40.ckpt", "3-0.30.ckpt", "last.ckpt"}
+    assert checkpoint.best_model_path == str(tmp_path / "3-0.30.ckpt")
+    assert checkpoint.best_model_score == pytest.approx(0.3)
+    assert list(checkpoint.best_k_models) == [str(tmp_path / "3-0.30.ckpt"), str(tmp_path / "1-0.40.ckpt")]
+
+
+def test_last_ckpt_is_the_newest_state_and_hard_linked(tmp_path: Path) -> None:
+    checkpoint = ModelCheckpoint(tmp_path, monitor="val_loss", save_top_k=1)
+    _, model = fabric_epochs(checkpoint, [0.5, 0.4, 0.6])
+    last = tmp_path / "last.ckpt"
+    # Epoch 2 (0.6) is not in the top 1, so last.ckpt was written on its own, with the final weights.
+    loaded = torch.load(last, weights_only=True)
+    assert torch.equal(loaded["model"]["weight"], model.module.weight.detach())
+    assert loaded["checkpoint_callback"]["kept"] == [
+        [str(tmp_path / "epoch=1-step=2.ckpt"), pytest.approx(0.4)]
+    ]
+    fabric_epochs(ModelCheckpoint(tmp_path / "b", monitor="val_loss"), [0.5, 0.4])
+    best = tmp_path / "b" / "epoch=1-step=2.ckpt"
+    assert os.path.samefile(best, tmp_path / "b" / "last.ckpt")
+
+
+def test_without_monitor_keeps_the_most_recent(tmp_path: Path) -> None:
+    checkpoint = ModelCheckpoint(tmp_path, save_top_k=2, save_last=False)
+    fabric_epochs(checkpoint, [0.0] * 4)
+    assert names(tmp_path) == {"epoch=2-step=3.ckpt", "epoch=3-step=4.ckpt"}
+    assert checkpoint.best_model_path == str(tmp_path / "epoch=3-step=4.ckpt")
+    assert checkpoint.best_model_score is None
+
+
+def test_save_top_k_zero_and_minus_one(tmp_path: Path) -> None:
+    fabric_epochs(ModelCheckpoint(tmp_path / "zero", save_top_k=0), [0.0] * 3)
+    assert names(tmp_path / "zero") == {"last.ckpt"}
+    fabric_epochs(ModelCheckpoint(tmp_path / "all", save_top_k=-1, monitor="val_loss"), [0.3, 0.2, 0.1])
+    assert len(names(tmp_path / "all")) == 4
+
+
+def test_every_n_epochs(tmp_path: Path) -> None:
+    fabric_epochs(ModelCheckpoint(tmp_path, save_top_k=-1, every_n_epochs=2, save_last=False), [0.0] * 5)
+    assert names(tmp_path) == {"epoch=1-step=2.ckpt", "epoch=3-step=4.ckpt"}
+
+
+def test_state_round_trip_keeps_ranking_across_resume(tmp_path: Path) -> None:
+    first = ModelCheckpoint(tmp_path, filename="{epoch}", monitor="val_loss", save_top_k=2)
+    fabric_epochs(first, [0.5, 0.4])
+    resumed = ModelCheckpoint(tmp_path, filename="{epoch}", monitor="val_loss", save_top_k=2)
+    resumed.load_state_dict(torch.load(tmp_path / "last.ckpt", weights_only=True)["checkpoint_callback"])
+    assert resumed.best_model_score == pytest.approx(0.4)
+    fabric, model = fabric_epochs(resumed, [])
+    state = {"model": model, "checkpoint_callback": resumed}
+    resumed.on_train_epoch_end(fabric=fabric, state=state, epoch=2, step=3, metrics={"val_loss": 0.3})
+    # 0.5 (epoch 0, saved before the resume) was displaced and deleted by the resumed run.
+    assert names(tmp_path) == {"1.ckpt", "2.ckpt", "last.ckpt"}
+
+
+def test_resume_into_another_folder_starts_afresh(tmp_path: Path) -> None:
+    first = ModelCheckpoint(tmp_path / "a", monitor="val_loss")
+    fabric, model = fabric_epochs(first, [0.5])
+    moved = ModelCheckpoint(tmp_path / "b", monitor="val_loss")
+    moved.load_state_dict(first.state_dict())
+    with pytest.warns(UserWarning, match="ranking starts afresh"):
+        moved.on_train_epoch_end(
+            fabric=fabric, state={"model": model}, epoch=1, step=2, metrics={"val_loss": 0.9}
+        )
+    assert (tmp_path / "a" / "epoch=0-step=1.ckpt").exists()
+    assert moved.best_model_score == pytest.approx(0.9)
+
+
+def test_missing_monitor_and_bad_template_errors(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match=r"found no value for 'acc' at step 1 \(available: val_loss\)"):
+        fabric_epochs(ModelCheckpoint(tmp_path, monitor="acc"), [0.5])
+    with pytest.raises(ValueError, match=r"could not be filled in .*'acc'"):
+        fabric_epochs(ModelCheckpoint(tmp_path, filename="{acc}"), [0.5])
+
+
+def test_fabric_loop_needs_dirpath_and_state(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"dirpath=None\) only has a default inside the Trainer"):
+        ModelCheckpoint().on_train_epoch_end(fabric=object(), state={})
+    with pytest.raises(RuntimeError, match="needs `fabric=` and `state=`"):
+        ModelCheckpoint(tmp_path).on_train_epoch_end()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"save_top_k": -2}, "save_top_k=-2"),
+        ({"mode": "low"}, "mode='low'"),
+        ({"every_n_steps": -1}, "every_n_steps=-1"),
+        ({"filename": "a/b"}, "not a path"),
+        ({"monitor": ""}, "monitor=''"),
+    ],
+)
+def test_bad_arguments(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ModelCheckpoint(**kwargs)
+
+
+def test_trainer_top_k_and_resume_from_last(tmp_path: Path) -> None:
+    val_losses: list[float] = []
+
+    class Spy:
+        def on_validation_end(self, trainer: Any) -> None:
+            val_losses.append(trainer.callback_metrics["val_loss"])
+
+    checkpoint = ModelCheckpoint(monitor="val_loss", save_top_k=1, filename="{epoch}-{val_loss:.4f}")
+    fit_tiny(callbacks=[Spy(), checkpoint], checkpoint_dir=tmp_path, max_epochs=3)
+    files = names(tmp_path)
+    assert "last.ckpt" in files and len(files) == 2
+    best_epoch = min(range(3), key=lambda epoch: val_losses[epoch])
+    assert checkpoint.best_model_score == pytest.approx(min(val_losses))
+    best = checkpoint.best_model_path
+    assert best == os.path.join(str(tmp_path), f"{best_epoch}-{min(val_losses):.4f}.ckpt")
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert saved["callbacks"]["ModelCheckpoint"]["kept"][0][0] == best
+    # Resume from last.ckpt with a fresh callback: its ranking comes back from the checkpoint.
+    Trainer = trainer_class()
+    again = ModelCheckpoint(monitor="val_loss", save_top_k=1, filename="{epoch}-{val_loss:.4f}")
+    resumed = Trainer(
+        accelerator="cpu", max_epochs=4, enable_progress_bar=False, callbacks=[again], checkpoint_dir=tmp_path
+    )
+    train, val = loaders()
+    resumed.fit(TinyRegression(), train, val, ckpt_path="last")
+    assert resumed.current_epoch == 4
+    assert len(names(tmp_path)) == 2  # the best file and last.ckpt; the displaced one was deleted
+
+
+def test_trainer_every_n_steps(tmp_path: Path) -> None:
+    checkpoint = ModelCheckpoint(every_n_steps=3, save_top_k=-1, save_last=False)
+    fit_tiny(callbacks=[checkpoint], checkpoint_dir=tmp_path, max_epochs=2)  # 8 steps
+    assert names(tmp_path) == {"epoch=0-step=3.ckpt", "epoch=1-step=6.ckpt"}

@@ -19,9 +19,11 @@ Why a plan cannot go stale: before calling anything it runs cheap identity check
 the MRO, so a change on a base class is seen), ``'on_x' not in vars(cb)`` for each instance (an instance
 override), and for callbacks that do not implement the hook, that neither their classes nor their
 instance dict gained it. If any check fails, the plan is rebuilt first. Attributes that cannot be cached
-this way (properties, classmethods, custom ``__getattribute__``, values supplied by ``__getattr__``) are
-looked up with ``getattr`` on every call instead. Changes made while a call is running take effect from
-the next call.
+this way (properties, classmethods, custom ``__getattribute__``, a value ``__getattr__`` supplies when the
+plan is built) are looked up with ``getattr`` on every call instead. Not seen: a hook that ``__getattr__``
+starts to supply after the plan was built (an ``nn.Module`` gaining a submodule named like a hook), since
+asking ``__getattr__`` on every call would cost an exception per callback. Changes made while a call is
+running take effect from the next call.
 """
 
 from __future__ import annotations
@@ -493,8 +495,10 @@ def _generate(
 ) -> Plan:
     """Compile the plan into a function ``plan(args, kwargs) -> list``; see the module docstring.
 
-    Every object the plan uses is bound as a keyword-only default: reading a local is the cheapest
-    lookup there is. Only `hook` and keyword names that are identifiers appear in the source.
+    Every object the plan uses is bound as a default argument: reading a local is the cheapest lookup
+    there is, and positional defaults are copied into the frame in one go (keyword-only defaults would
+    be looked up one by one on every call). Only `hook` and keyword names that are identifiers appear in
+    the source.
     """
     bound: dict[str, object] = {}
     names: dict[int, str] = {}  # id(object) -> its name in the generated code
@@ -538,7 +542,8 @@ def _generate(
             body += ["except KeyError:", "    return reshape(args, kwargs)"]
     # 2. Is everything the plan cached still what attribute lookup would find?
     if checks:
-        body += ["try:", "    fresh = (", "        " + "\n        and ".join(checks), "    )"]
+        conditions = [f"{'and ' if n else ''}{check}" for n, check in enumerate(checks)]
+        body += ["try:", "    fresh = (", *(f"        {condition}" for condition in conditions), "    )"]
         # e.g. the method was deleted from the class, so `Cls.on_x` raises
         body += ["except Exception:", "    fresh = False", "if not fresh:", "    return stale(args, kwargs)"]
     # 3. Call: one line per callback, so that the line an exception passed through names the callback.
@@ -582,9 +587,8 @@ def _generate(
     source = "\n".join([f"def plan(args, kwargs, {defaults}):", *(f"    {line}" for line in body)]) + "\n"
     for offset, (_, entry) in enumerate(calls):
         where[first_call + offset + 2] = entry  # body[n] is on line n + 2: the signature is line 1
-    namespace: dict[str, Any] = dict(
-        bound, __name__=__name__
-    )  # warnings raised while planning skip treadle's frames
+    # With __name__ set, a warning raised while planning skips the plan's frame like treadle's own.
+    namespace: dict[str, Any] = dict(bound, __name__=__name__)
     exec(compile(source, f"<treadle plan for {hook}>", "exec"), namespace)
     plan: Plan = namespace["plan"]
     plan.__doc__ = source  # for whoever debugs a dispatch: help(plan) shows the generated code

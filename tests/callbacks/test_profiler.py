@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from tests.callbacks.tiny_trainer import fit_tiny
+from treadle import Fabric
+from treadle.callbacks.profiler import BACKWARD, BATCH, DATA, EPOCH, FORWARD, OPTIMIZER, VALIDATION, Profiler
+from treadle.callbacks.timer import IterationTimer
+
+
+class Slow:
+    """A callback whose batch-end hook costs 5 ms."""
+
+    def on_train_batch_end(self) -> None:
+        time.sleep(0.005)
+
+
+def fabric_loop(profiler: Profiler, batches: int = 6) -> None:
+    fabric = Fabric(accelerator="cpu", callbacks=[Slow(), profiler])
+    model = nn.Linear(8, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model, optimizer = fabric.setup(model, optimizer)
+    fabric.call("on_train_epoch_start")
+    for _ in range(batches):
+        fabric.call("on_train_batch_start")
+        loss = model(torch.ones(4, 8)).pow(2).mean()
+        fabric.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad()
+        fabric.call("on_train_batch_end")
+    fabric.call("on_train_epoch_end")
+    fabric.call("on_train_end")
+
+
+def test_fabric_loop_table_sections_and_hooks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    profiler = Profiler(output=tmp_path / "profile.txt")
+    fabric_loop(profiler)
+    assert profiler.sections[FORWARD].calls == 6
+    assert profiler.sections[BACKWARD].calls == 6
+    assert profiler.sections[OPTIMIZER].calls == 6
+    assert profiler.sections[BATCH].calls == 6
+    assert profiler.sections[DATA].calls == 5
+    assert profiler.sections[EPOCH].calls == 1
+    slow = profiler.hooks["Slow.on_train_batch_end"]
+    assert slow.calls == 6 and slow.total >= 0.03
+    # The callback's 5 ms per batch is reported as the callback's, not as the loop's.
+    assert profiler.sections[BATCH].total < slow.total
+    assert profiler.sections[EPOCH].total < slow.total
+    text = (tmp_path / "profile.txt").read_text()
+    assert text.startswith("Profiler: ")
+    lines = text.splitlines()
+    hook_header = lines.index(next(line for line in lines if line.startswith("Callback hook")))
+    assert lines[hook_header + 2].startswith("Slow.on_train_batch_end")  # the costliest hook first
+    section_rows = [
+        line.split("  ")[0].strip() for line in lines[3:hook_header] if line and not line.startswith("-")
+    ]
+    assert section_rows[0] == EPOCH
+    printed = capsys.readouterr().out
+    assert "Loop section" in printed and "Profiler: report written to" in printed
+
+
+def test_report_printed_once_and_written_atomically(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    profiler = Profiler(output=tmp_path / "deep" / "profile.txt")
+    fabric_loop(profiler)
+    capsys.readouterr()
+    profiler.report()
+    assert capsys.readouterr().out == ""
+    assert [p.name for p in (tmp_path / "deep").iterdir()] == ["profile.txt"]
+
+
+def test_torch_trace_window_writes_chrome_trace(tmp_path: Path) -> None:
+    profiler = Profiler(
+        output=tmp_path / "profile.txt", trace=True, trace_wait=1, trace_warmup=1, trace_active=2
+    )
+    fabric_loop(profiler, batches=6)
+    assert profiler.trace_path == tmp_path / "trace.json"
+    trace = json.loads((tmp_path / "trace.json").read_text())
+    names = {event.get("name", "") for event in trace["traceEvents"]}
+    assert any("addmm" in name or "linear" in name for name in names)
+    assert "torch.profiler trace:" in (tmp_path / "profile.txt").read_text()
+
+
+def test_bad_trace_window() -> None:
+    with pytest.raises(ValueError, match=r"Profiler\(trace_active=0\) must be an int >= 1"):
+        Profiler(trace_active=0)
+
+
+def test_trainer_profiles_sections_and_every_callback(tmp_path: Path) -> None:
+    profiler = Profiler(output=tmp_path / "profile.txt")
+    trainer = fit_tiny(callbacks=[IterationTimer(every_n_steps=0, file=io.StringIO()), profiler])
+    assert profiler.sections[FORWARD].calls == trainer.global_step == 8
+    assert profiler.sections[VALIDATION].calls == 2
+    assert profiler.sections[DATA].calls == 6  # within each epoch of 4 batches
+    assert profiler.hooks["IterationTimer.on_train_batch_end"].calls == 8
+    assert profiler.hooks["TinyRegression.on_validation_epoch_end"].calls == 2  # the model's own hooks
+    text = (tmp_path / "profile.txt").read_text()
+    assert "IterationTimer.on_train_batch_end" in text and OPTIMIZER in text

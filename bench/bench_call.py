@@ -43,7 +43,6 @@ class Scenario:
     hand_loop: str  # statement timed for the hand-written loop; `cbs` holds the implementing callbacks
     call: str  # the call's argument list, after the hook name
     hand_callbacks: list[object] | None = None  # when the hand loop visits fewer callbacks
-    lightning: bool = True  # Lightning passes every keyword to every method, so no filtering scenarios
 
 
 BATCH_END = "def on_train_batch_end(self, loss, batch_idx):\n        return None"
@@ -87,7 +86,6 @@ def scenarios() -> list[Scenario]:
             make_callbacks(16, LOSS_ONLY),
             "for cb in cbs: cb.on_train_batch_end(loss=loss)",
             "loss=loss, batch_idx=7, trainer=None, fabric=None",
-            lightning=False,
         ),
     ]
 
@@ -139,7 +137,7 @@ def main() -> None:
             "hand": scenario.hand_loop,
             "treadle": f"call('on_train_batch_end', {scenario.call})",
         }
-        lightning = lightning_call(scenario.callbacks) if scenario.lightning else None
+        lightning = lightning_call(scenario.callbacks)
         if lightning is not None:
             have_lightning = True
             namespace["lightning_call"] = lightning
@@ -160,8 +158,6 @@ def main() -> None:
         if "lightning" in best:
             theirs = best["lightning"] * 1e6
             line += f" {theirs:13.3f} {theirs / hand:5.2f}x"
-        elif have_lightning:
-            line += f" {'n/a':>13} {'':>6}"
         print(line)
         if name.endswith("none implements"):
             print(f"{'':36} {hand * 1e3:6.0f} ns {ours * 1e3:9.0f} ns  (absolute: nothing is called)")

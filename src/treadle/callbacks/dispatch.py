@@ -94,10 +94,6 @@ class _Entry:
     guards: list[_Guard] = field(default_factory=list)
 
 
-class _BindError(TypeError):
-    pass
-
-
 class CallbackDispatcher:
     """Calls a hook on every callback that implements it: the engine behind `fabric.call`.
 
@@ -536,7 +532,8 @@ def _generate(
         if kwnames:
             body.append("try:")
             body += [
-                f"    {value} = kwargs[{bind(name, 'key')}]"  # names bound, not written: any str is a key
+                # A name that is not an identifier is bound, not written: only identifiers enter the source.
+                f"    {value} = kwargs[{repr(name) if _is_identifier(name) else bind(name, 'key')}]"
                 for value, name in zip(values, kwnames, strict=True)
             ]
             body += ["except KeyError:", "    return reshape(args, kwargs)"]
@@ -582,13 +579,13 @@ def _generate(
             name = type(entry.callback).__name__
             add_note(exc, f"raised by callback `{name}` (index {entry.index}) in hook `{hook}`")
 
-    bound.update(reshape=reshape, stale=stale, note=note)
     defaults = ", ".join(f"{name}={name}" for name in bound)
     source = "\n".join([f"def plan(args, kwargs, {defaults}):", *(f"    {line}" for line in body)]) + "\n"
     for offset, (_, entry) in enumerate(calls):
         where[first_call + offset + 2] = entry  # body[n] is on line n + 2: the signature is line 1
-    # With __name__ set, a warning raised while planning skips the plan's frame like treadle's own.
-    namespace: dict[str, Any] = dict(bound, __name__=__name__)
+    # The slow paths are globals, so they cost nothing on calls that do not take them. With __name__ set,
+    # a warning raised while planning skips the plan's frame as it skips treadle's own.
+    namespace: dict[str, Any] = dict(bound, reshape=reshape, stale=stale, note=note, __name__=__name__)
     exec(compile(source, f"<treadle plan for {hook}>", "exec"), namespace)
     plan: Plan = namespace["plan"]
     plan.__doc__ = source  # for whoever debugs a dispatch: help(plan) shows the generated code
@@ -626,7 +623,7 @@ def _bind_error(
     index: int,
     hook: str,
     exc: TypeError,
-) -> _BindError:
+) -> TypeError:
     where = f"Callback `{type(callback).__name__}` (index {index}) cannot take hook `{hook}`"
     offered = (
         f"The call passes {nargs} positional argument(s) and the keyword arguments "
@@ -642,12 +639,12 @@ def _bind_error(
     ]
     if missing:
         names = ", ".join(f"`{name}`" for name in missing)
-        return _BindError(
+        return TypeError(
             f"{where}: its method `{hook}{signature}` requires {names}, which the call does not supply. "
             f"{offered}. Give {names} a default value (e.g. `{missing[0]}=None`), or accept only arguments "
             f"the hook passes."
         )
-    return _BindError(
+    return TypeError(
         f"{where}: its method `{hook}{signature}` does not accept the call ({exc}). {offered}. "
         f"Change the method's parameters to match how the hook is called."
     )

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    DistributedSampler,
+    IterableDataset,
+    RandomSampler,
+    SequentialSampler,
+)
 
 
 def prepare_dataloader(
@@ -16,6 +23,10 @@ def prepare_dataloader(
     the loader untouched. Shuffling, ``drop_last`` and the batch size are kept.
     """
     if sampler_kwargs is None or isinstance(loader.sampler, DistributedSampler):
+        return loader
+    if isinstance(loader.dataset, IterableDataset):
+        # An iterable dataset has no indices to split; it must read its own share (see get_worker_info and
+        # the rank), as torch's own DistributedSampler cannot help either.
         return loader
     batch_sampler = loader.batch_sampler
     if batch_sampler is not None and type(batch_sampler) is not BatchSampler:
@@ -65,5 +76,10 @@ def prepare_dataloader(
 def _base_seed() -> int:
     import torch
 
+    from treadle.seed import requested_worker_seed
+
+    requested = requested_worker_seed()
+    if requested is not None:
+        return requested
     # Derived from torch's global RNG, so seed_everything(seed) makes worker seeds reproducible.
     return int(torch.initial_seed() % (2**32))

@@ -53,6 +53,16 @@ class Strategy:
         self.device_indices = device_indices
         self.num_nodes = num_nodes
         self.environment = environment
+        self.check_environment()
+
+    def check_environment(self) -> None:
+        """Raise if the launcher started a job this strategy cannot run (called by ``connect``)."""
+        if self.environment.launched and self.environment.world_size > 1:
+            raise ValueError(
+                f"Fabric(strategy={self.name!r}) runs a single process, but the launcher started "
+                f"{self.environment.world_size} (WORLD_SIZE={self.environment.world_size}). Use strategy='ddp', "
+                "'fsdp' or 'auto', or start one process."
+            )
 
     # --- where this process is -------------------------------------------------------------------------
     @property
@@ -86,9 +96,20 @@ class Strategy:
         return True
 
     # --- life cycle -----------------------------------------------------------------------------------
-    def launch(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run ``function`` on every process of the job and return global rank 0's result."""
-        self.setup_environment()
+    def launch(self, function: Callable[..., T] | None = None, *args: Any, **kwargs: Any) -> T | None:
+        """Make sure every process of the job exists, then run ``function(*args, **kwargs)`` on every rank.
+
+        Strategies that start processes themselves override this. The caller joins the process group
+        (``setup_environment``) on each rank, inside ``function`` or right after this returns.
+
+        Args:
+            function: what to run on every rank; None when each process simply continues the script.
+
+        Returns:
+            ``function``'s result on global rank 0 (in the process that called ``launch``), or None.
+        """
+        if function is None:
+            return None
         return function(*args, **kwargs)
 
     def setup_environment(self) -> None:

@@ -1,0 +1,172 @@
+"""``treadle run``: start a training script on N processes per machine through ``torch.distributed.run``.
+
+The options reach ``Fabric()`` in every process as ``TREADLE_*`` environment variables of the children
+(see ``treadle.strategies.environment``), so a script that calls ``Fabric()`` without arguments runs
+unchanged on 1 or N processes. Arguments given to ``Fabric`` in the code win over the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+
+from treadle.strategies.environment import LaunchSettings, settings_environment
+
+_ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps")
+# torchrun's own default port for jobs spanning several machines, which must agree on it in advance.
+_MULTI_NODE_PORT = 29500
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the options of ``treadle run`` on ``parser``.
+
+    Example::
+
+        parser = argparse.ArgumentParser(prog="treadle run")
+        add_run_arguments(parser)
+        args = parser.parse_args(["--devices", "2", "train.py", "--lr", "0.1"])
+    """
+    from treadle.precision import PRECISIONS
+    from treadle.strategies import STRATEGIES
+
+    parser.description = (
+        "Start SCRIPT on --devices processes on this machine (and --num-nodes machines in all) through "
+        "torch.distributed.run. Fabric() in the script picks up the options; arguments given to Fabric in the "
+        "code win."
+    )
+    parser.add_argument("--accelerator", choices=_ACCELERATORS, default=None, help="hardware (default: auto)")
+    parser.add_argument(
+        "--strategy",
+        choices=["auto", *STRATEGIES],
+        default=None,
+        help="how the processes cooperate (default: auto, which is ddp for several processes)",
+    )
+    parser.add_argument(
+        "--devices",
+        default="1",
+        help="processes on this machine: a number, or 'auto'/-1 for one per GPU (default: 1)",
+    )
+    parser.add_argument(
+        "--num-nodes", type=int, default=1, help="machines taking part in the job (default: 1)"
+    )
+    parser.add_argument(
+        "--node-rank", type=int, default=0, help="this machine's index, 0..num_nodes-1 (default: 0)"
+    )
+    parser.add_argument(
+        "--main-address",
+        default="127.0.0.1",
+        help="address of the machine with node rank 0, reachable from all others (default: 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--main-port",
+        type=int,
+        default=None,
+        help=f"port on the main address (default: a free port on one machine, {_MULTI_NODE_PORT} on several)",
+    )
+    parser.add_argument("--precision", choices=sorted(PRECISIONS), default=None, help="numeric precision")
+    parser.add_argument("script", help="the training script to run")
+    parser.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments passed on to the script")
+
+
+def run_command(args: argparse.Namespace, extra_argv: Sequence[str]) -> int:
+    """Run ``torch.distributed.run`` for the parsed ``treadle run`` options; return its exit code.
+
+    Args:
+        args: the namespace from a parser set up with :func:`add_run_arguments`.
+        extra_argv: arguments the parser did not recognise; they are passed on to the script.
+
+    Returns:
+        The launcher's exit code: 0 when every process succeeded, non-zero if any failed (torchrun then
+        stops the others and names the failing rank).
+
+    Example::
+
+        treadle run --devices 2 train.py --lr 0.1
+    """
+    error = _validate(args)
+    if error is not None:
+        print(f"treadle run: error: {error}", file=sys.stderr)
+        return 2
+    processes = _processes_per_node(args.devices, args.accelerator)
+    if isinstance(processes, str):
+        print(f"treadle run: error: {processes}", file=sys.stderr)
+        return 2
+    port = args.main_port
+    if port is None:
+        if args.num_nodes == 1:
+            from treadle.strategies.launch import find_free_port
+
+            port = find_free_port()
+        else:
+            port = _MULTI_NODE_PORT
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={processes}",
+        f"--nnodes={args.num_nodes}",
+        f"--node-rank={args.node_rank}",
+        f"--master-addr={args.main_address}",
+        f"--master-port={port}",
+        args.script,
+        *args.script_args,
+        *extra_argv,
+    ]
+    settings = LaunchSettings(
+        accelerator=args.accelerator,
+        strategy=args.strategy,
+        devices=str(processes),
+        num_nodes=args.num_nodes,
+        precision=args.precision,
+    )
+    env = settings_environment(os.environ, settings)
+    launcher = subprocess.Popen(command, env=env)
+    try:
+        return launcher.wait()
+    except KeyboardInterrupt:
+        # Ctrl-C reached torchrun too (same process group); give it time to stop its workers cleanly.
+        try:
+            return launcher.wait(timeout=30)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            launcher.send_signal(signal.SIGKILL)
+            launcher.wait()
+            return 130
+
+
+def _validate(args: argparse.Namespace) -> str | None:
+    if not os.path.isfile(args.script):
+        return f"the script {args.script!r} does not exist (looked in {os.getcwd()!r})."
+    if args.num_nodes < 1:
+        return f"--num-nodes {args.num_nodes} must be at least 1."
+    if not 0 <= args.node_rank < args.num_nodes:
+        return f"--node-rank {args.node_rank} must be between 0 and --num-nodes - 1 = {args.num_nodes - 1}."
+    if args.main_port is not None and not 0 < args.main_port < 65536:
+        return f"--main-port {args.main_port} is not a TCP port (1..65535)."
+    if args.num_nodes > 1 and args.main_address in ("127.0.0.1", "localhost"):
+        return (
+            f"--num-nodes {args.num_nodes} needs --main-address: the address of the machine with --node-rank 0, "
+            "reachable from every machine (the same value on each)."
+        )
+    return None
+
+
+def _processes_per_node(devices: str, accelerator: str | None) -> int | str:
+    text = str(devices).strip().lower()
+    if text in ("auto", "-1"):
+        if accelerator in (None, "auto", "cuda", "gpu"):
+            import torch
+
+            if torch.cuda.is_available():
+                return torch.cuda.device_count()
+        return 1
+    try:
+        count = int(text)
+    except ValueError:
+        return f"--devices {devices!r} must be a number of processes, or 'auto'/-1 for one per GPU."
+    if count < 1:
+        return f"--devices {devices!r} must be at least 1 (or 'auto'/-1 for one per GPU)."
+    return count

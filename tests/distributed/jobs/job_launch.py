@@ -1,0 +1,64 @@
+"""fabric.launch(function) with both start methods, and ranks that fail in different ways.
+
+Usage: python job_launch.py START_METHOD MODE, where MODE is one of
+  ok      every rank returns {"rank": r, ...}; the launching process prints "RESULT <repr>"
+  raise1  rank 1 raises while rank 0 waits in a barrier
+  raise0  rank 0 raises while rank 1 waits in a barrier
+  kill1   rank 1 dies from SIGKILL while rank 0 is busy outside any collective
+  wait    prints READY<rank>, then rank 0 waits in a barrier while rank 1 sleeps (for Ctrl-C)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from datetime import timedelta
+from typing import Any
+
+import torch
+
+from treadle import Fabric
+from treadle.strategies.ddp import DDPStrategy
+
+
+def train(fabric: Fabric, mode: str, factor: int) -> dict[str, Any]:
+    model = fabric.setup(torch.nn.Linear(2, 2))
+    rank = fabric.global_rank
+    if mode == "raise1" and rank == 1:
+        raise ValueError("rank 1 failed on purpose")
+    if mode == "raise0" and rank == 0:
+        raise ValueError("rank 0 failed on purpose")
+    if mode == "kill1":
+        if rank == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # busy in Python, in no collective: only the watcher can end it
+            time.sleep(0.05)
+    if mode == "wait":
+        sys.stdout.write(f"READY{rank}\n")
+        sys.stdout.flush()
+        if rank == 1:
+            time.sleep(60)
+    fabric.barrier()
+    total = fabric.all_reduce(torch.tensor(float(rank)), reduce_op="sum").item()
+    return {
+        "rank": rank,
+        "value": factor * (rank + 1),
+        "total": total,
+        "params": sum(p.numel() for p in model.parameters()),
+    }
+
+
+if __name__ == "__main__":
+    start_method, mode = sys.argv[1], sys.argv[2]
+    fabric = Fabric(
+        accelerator="cpu",
+        devices=2,
+        strategy=DDPStrategy(start_method=start_method, timeout=timedelta(seconds=30)),  # type: ignore[arg-type]
+    )
+    result = fabric.launch(train, mode, factor=10)
+    # One write per line: print() writes the text and the newline separately, and two ranks share stdout.
+    sys.stdout.write(f"RESULT {result!r}\n")
+    sys.stdout.flush()

@@ -1,0 +1,101 @@
+"""fabric.launch(function) and failing ranks, with real processes: popen (re-run the script) and spawn."""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.distributed.runner import JOBS, SRC, run_job
+
+pytestmark = pytest.mark.distributed
+
+# A failing rank must end the job long before the 30 s process-group timeout the jobs use.
+PROMPT_SECONDS = 20
+
+
+def results(stdout: str) -> list[dict[str, object]]:
+    return [
+        ast.literal_eval(line[len("RESULT ") :]) for line in stdout.splitlines() if line.startswith("RESULT ")
+    ]
+
+
+def test_launch_function_popen_returns_rank_zeros_result_in_the_launching_process() -> None:
+    finished = run_job("job_launch", "popen", "ok").check()
+    # Every rank runs the script, so each prints; the launching process (rank 0) prints rank 0's result.
+    by_rank = sorted(results(finished.stdout), key=lambda result: result["rank"])  # type: ignore[arg-type, return-value]
+    assert by_rank == [
+        {"rank": 0, "value": 10, "total": 1.0, "params": 6},
+        {"rank": 1, "value": 20, "total": 1.0, "params": 6},
+    ]
+
+
+def test_launch_function_spawn_returns_rank_zeros_result() -> None:
+    finished = run_job("job_launch", "spawn", "ok").check()
+    assert results(finished.stdout) == [{"rank": 0, "value": 10, "total": 1.0, "params": 6}]
+
+
+@pytest.mark.parametrize(
+    ("start_method", "mode", "message"),
+    [
+        ("popen", "raise1", "rank 1 failed on purpose"),
+        ("popen", "raise0", "rank 0 failed on purpose"),
+        ("popen", "kill1", "rank 1 (pid"),
+        ("spawn", "raise1", "rank 1 failed on purpose"),
+    ],
+)
+def test_a_failing_rank_ends_the_job_promptly_with_its_error(
+    start_method: str, mode: str, message: str
+) -> None:
+    finished = run_job("job_launch", start_method, mode, timeout=60)
+    assert finished.returncode != 0
+    assert message in finished.stderr, finished.stderr
+    assert finished.seconds < PROMPT_SECONDS, f"took {finished.seconds:.1f} s\n{finished.stderr}"
+    assert "RESULT" not in finished.stdout
+
+
+def test_ctrl_c_ends_every_rank() -> None:
+    command = [sys.executable, str(JOBS / "job_launch.py"), "popen", "wait"]
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    # A session of its own: the signal goes to its process group, as a terminal's Ctrl-C does.
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
+    try:
+        ready: set[str] = set()
+        deadline = time.monotonic() + 60
+        assert process.stdout is not None
+        while ready != {"READY0", "READY1"} and time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            ready.add(line.strip())
+        assert ready == {"READY0", "READY1"}, process.stderr.read() if process.stderr else ""
+        time.sleep(0.5)  # rank 0 is now waiting in the barrier
+        interrupted = time.monotonic()
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=PROMPT_SECONDS)
+        print(f"ended {time.monotonic() - interrupted:.2f} s after Ctrl-C")
+        assert process.returncode != 0
+        assert not group_alive(process.pid, within=5.0), "a rank outlived Ctrl-C"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+
+
+def group_alive(group: int, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return False
+        time.sleep(0.05)
+    return True

@@ -1,0 +1,133 @@
+"""Reading the launcher's environment, and `treadle run` settings reaching Fabric() (no processes)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+from treadle.strategies.environment import (
+    LaunchSettings,
+    ProcessEnvironment,
+    apply_launch_settings,
+    rank_environment,
+    read_environment,
+    read_launch_settings,
+    settings_environment,
+)
+
+DEFAULTS = ("auto", "auto", "auto", 1, "32-true")
+
+
+def test_nothing_set_means_one_unlaunched_process() -> None:
+    assert read_environment({}) == ProcessEnvironment()
+
+
+def test_torchrun_variables() -> None:
+    env = read_environment(
+        {
+            "RANK": "5",
+            "LOCAL_RANK": "1",
+            "WORLD_SIZE": "8",
+            "LOCAL_WORLD_SIZE": "4",
+            "GROUP_RANK": "1",
+            "MASTER_ADDR": "10.0.0.1",
+            "MASTER_PORT": "29500",
+        }
+    )
+    assert env == ProcessEnvironment(5, 1, 1, 8, 4, "10.0.0.1", 29500, launched=True, launcher="torchrun")
+
+
+def test_slurm_variables_and_a_port_derived_from_the_job() -> None:
+    env = read_environment(
+        {
+            "SLURM_NTASKS": "4",
+            "SLURM_PROCID": "3",
+            "SLURM_LOCALID": "1",
+            "SLURM_NODEID": "1",
+            "SLURM_NNODES": "2",
+            "SLURM_NODELIST": "gpu[07-08]",
+            "SLURM_JOB_ID": "123456",
+            "SLURM_JOB_NAME": "train",
+        }
+    )
+    assert (env.global_rank, env.local_rank, env.node_rank, env.world_size, env.local_world_size) == (
+        3,
+        1,
+        1,
+        4,
+        2,
+    )
+    assert env.main_address == "gpu07"
+    assert env.main_port == 15000 + 3456
+    assert env.launcher == "slurm"
+
+
+def test_interactive_slurm_allocation_is_not_a_launch() -> None:
+    assert not read_environment({"SLURM_NTASKS": "1", "SLURM_PROCID": "0", "SLURM_JOB_NAME": "bash"}).launched
+
+
+def test_a_non_integer_variable_is_reported() -> None:
+    with pytest.raises(RuntimeError, match=r"RANK='x' is not an integer"):
+        read_environment({"RANK": "x", "WORLD_SIZE": "2"})
+
+
+def test_rank_environment_reads_back() -> None:
+    env = rank_environment(
+        {"PATH": "/bin"},
+        global_rank=1,
+        local_rank=1,
+        world_size=2,
+        local_world_size=2,
+        main_address="127.0.0.1",
+        main_port=1234,
+        launcher="subprocess",
+    )
+    assert env["PATH"] == "/bin"
+    assert read_environment(env) == ProcessEnvironment(1, 1, 0, 2, 2, "127.0.0.1", 1234, True, "subprocess")
+
+
+def test_settings_round_trip_through_the_environment() -> None:
+    settings = LaunchSettings(
+        accelerator="cpu", strategy="ddp", devices="2", num_nodes=1, precision="bf16-mixed"
+    )
+    env = settings_environment({}, settings)
+    assert env == {
+        "TREADLE_ACCELERATOR": "cpu",
+        "TREADLE_STRATEGY": "ddp",
+        "TREADLE_DEVICES": "2",
+        "TREADLE_NUM_NODES": "1",
+        "TREADLE_PRECISION": "bf16-mixed",
+    }
+    assert read_launch_settings(env) == settings
+    assert settings_environment({}, LaunchSettings()) == {}
+
+
+def test_launch_settings_fill_arguments_left_at_their_defaults() -> None:
+    env = settings_environment({}, LaunchSettings("cpu", "ddp", "2", 2, "bf16-mixed"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert apply_launch_settings(*DEFAULTS, environ=env) == ("cpu", "ddp", "2", 2, "bf16-mixed")
+        assert apply_launch_settings("auto", "auto", "auto", 1, None, environ=env)[4] == "bf16-mixed"
+        # Without settings nothing changes.
+        assert apply_launch_settings(*DEFAULTS, environ={}) == DEFAULTS
+
+
+def test_code_wins_over_the_command_line_with_a_warning_on_rank_zero() -> None:
+    env = settings_environment({"RANK": "0"}, LaunchSettings(precision="bf16-mixed"))
+    with pytest.warns(
+        UserWarning, match=r"Fabric\(precision='16-mixed'\).*--precision bf16-mixed.*code wins"
+    ):
+        merged = apply_launch_settings("auto", "auto", "auto", 1, "16-mixed", environ=env)
+    assert merged[4] == "16-mixed"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        apply_launch_settings("auto", "auto", "auto", 1, "16-mixed", environ={**env, "RANK": "1"})
+
+
+def test_equal_values_do_not_warn() -> None:
+    env = settings_environment({}, LaunchSettings(devices="2", strategy="ddp"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert apply_launch_settings("auto", "ddp", [0, 1], 1, "32-true", environ=env)[1:3] == ("ddp", [0, 1])
+        assert apply_launch_settings("auto", "DDP", 2, 1, "32-true", environ=env)[2] == 2

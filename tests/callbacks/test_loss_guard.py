@@ -147,3 +147,33 @@ def test_trainer_skip_keeps_training() -> None:
     assert guard.skipped_steps == 1
     assert trainer.global_step == 8
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+class TwoRankFabric:
+    """A stand-in for a 2-process Fabric whose other rank flagged its loss."""
+
+    world_size = 2
+    is_global_zero = True
+    precision = None
+
+    def __init__(self) -> None:
+        self.reduced: list[bool] = []
+
+    def all_reduce_bool(self, flag: bool, mode: str = "any") -> bool:
+        self.reduced.append(flag)
+        return True
+
+
+def test_skip_decision_is_shared_across_ranks() -> None:
+    guard = LossGuard(action="skip", verbose=False)
+    fabric = TwoRankFabric()
+    model = nn.Linear(2, 1)
+    guard.on_after_setup(fabric=fabric, module=model)
+    model(torch.ones(1, 2)).sum().backward()
+    guard.on_before_backward(loss=torch.tensor(1.0))  # fine here, flagged on the other rank
+    guard.on_after_backward()
+    assert fabric.reduced == [False]
+    assert model.weight.grad is None  # discarded on this rank too
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    guard.on_before_optimizer_step(optimizer=optimizer)
+    assert guard.skipped_steps == 1

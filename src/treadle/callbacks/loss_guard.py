@@ -41,7 +41,8 @@ class LossGuard(Callback):
     skips parameters without a gradient); under float16 mixed precision with a grad scaler they are filled
     with NaN instead, so the scaler skips the step (and, as for any overflow, lowers its scale). After
     ``max_consecutive_skips`` skipped steps in a row the guard stops training as with ``"stop"``, since the
-    run is not recovering.
+    run is not recovering. With several processes the decision is reduced across them (any rank's flagged
+    loss skips the step on every rank), so the replicas stay identical.
 
     Args:
         action: ``"stop"`` or ``"skip"``.
@@ -168,6 +169,12 @@ class LossGuard(Callback):
         self._pending.clear()
         values = report.tolist()  # the synchronisation "skip" needs: the decision comes before the step
         reason = self._reason(index, values)
+        fabric = self._fabric
+        if fabric is not None and fabric.world_size > 1:
+            # Under data parallelism every rank must skip the same steps, or the replicas drift apart.
+            flagged = fabric.all_reduce_bool(reason is not None, "any")
+            if flagged and reason is None:
+                reason = f"another rank's loss number {index} was flagged"
         if reason is None:
             return
         if not self._skip_pending:

@@ -185,9 +185,9 @@ class ModelCheckpoint(Callback):
         path = os.path.join(target.dirpath, self._format_name(target))
         keep, displaced = self._rank(path, score)
         if target.world_size > 1:
-            # Ranks could disagree on a float near a tie; all must take rank 0's decision, because saving
-            # is collective.
-            keep, displaced = target.broadcast((keep, displaced))
+            # Ranks may see different metrics (a loop that does not reduce them), and saving is collective:
+            # every rank takes rank 0's file name, score and decision, so their bookkeeping stays identical.
+            path, score, keep, displaced = target.broadcast((path, score, keep, displaced))
         # The bookkeeping is updated before writing, so that the checkpoint holds the state that
         # includes itself.
         if keep:

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import torch
 
 from treadle.callbacks.hooks import Callback
+from treadle.callbacks.progress import write_line
 
 __all__ = ["EarlyStopping"]
 
@@ -172,7 +173,7 @@ class EarlyStopping(Callback):
             self.should_stop = True
             self.stopping_reason = reason
             if self.verbose and (fabric is None or fabric.is_global_zero):
-                print(f"EarlyStopping: stopping, {reason}.", flush=True)
+                write_line(f"EarlyStopping: stopping, {reason}.")
 
     def _missing(self, metrics: Mapping[str, Any] | None) -> None:
         available = ", ".join(sorted(metrics)) if metrics else "none"

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-import sys
 from collections import deque
 from typing import Any, Literal
 
 import torch
 
 from treadle.callbacks.hooks import Callback
+from treadle.callbacks.progress import write_line
 
 __all__ = ["LossGuard"]
 
@@ -280,4 +280,4 @@ class LossGuard(Callback):
     def _say(self, line: str) -> None:
         fabric = self._fabric
         if self.verbose and (fabric is None or fabric.is_global_zero):
-            print(line, file=sys.stdout, flush=True)
+            write_line(line)

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import torch
 
 from treadle.callbacks.hooks import Callback
+from treadle.callbacks.progress import write_line
 
 __all__ = ["ModelCheckpoint"]
 
@@ -213,7 +214,7 @@ class ModelCheckpoint(Callback):
         if self.verbose and target.is_global_zero:
             what = os.path.basename(path) if keep else LAST_NAME
             score_text = f" ({self.monitor}={score:.6g})" if self.monitor is not None else ""
-            print(f"ModelCheckpoint: saved {what}{score_text}", flush=True)
+            write_line(f"ModelCheckpoint: saved {what}{score_text}")
 
     def _forget_other_folder(self, dirpath: str) -> None:
         loaded, self._loaded_dirpath = self._loaded_dirpath, None

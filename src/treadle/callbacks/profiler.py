@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from typing import Any
 import torch
 
 from treadle.callbacks.hooks import Callback
+from treadle.callbacks.progress import write_line
 
 __all__ = ["Profiler"]
 
@@ -248,8 +248,8 @@ class Profiler(Callback):
             file.write(text)
         if not self._reported:
             self._reported = True
-            print(text, file=sys.stdout, flush=True)
-            print(f"Profiler: report written to {target}", file=sys.stdout, flush=True)
+            write_line(text.rstrip("\n"))
+            write_line(f"Profiler: report written to {target}")
         return text
 
     def table(self) -> str:

@@ -12,7 +12,7 @@ import torch
 
 from treadle.callbacks.hooks import Callback
 
-__all__ = ["ProgressBar"]
+__all__ = ["ProgressBar", "write_line"]
 
 Backend = Literal["auto", "tqdm", "plain"]
 _BACKENDS = ("auto", "tqdm", "plain")
@@ -151,7 +151,8 @@ class ProgressBar(Callback):
         if self.refresh_rate == 0:
             return
         if self._bar is not None:
-            self._update_bar(trainer)
+            if self._shown != self._batches:
+                self._update_bar(trainer)
             self._bar.close()
             self._bar = None
         elif self._tqdm is None and self._batches:
@@ -256,7 +257,7 @@ class ProgressBar(Callback):
         return self._file if self._file is not None else sys.stderr
 
     def _print(self, line: str) -> None:
-        print(line, file=self._stream(), flush=True)
+        write_line(line, self._stream())
 
     def _close_bars(self) -> None:
         for name in ("_val_bar", "_bar"):
@@ -264,6 +265,27 @@ class ProgressBar(Callback):
             if bar is not None:
                 bar.close()
                 setattr(self, name, None)
+
+
+def write_line(line: str, file: TextIO | None = None) -> None:
+    """Print ``line`` (to ``file``, default ``sys.stdout``) without tearing a progress bar on screen.
+
+    When tqdm is in use, the line goes through ``tqdm.write``, which clears the bars, prints, and draws
+    them again; otherwise it is a plain ``print``. The built-in callbacks print through this.
+
+    Example:
+        >>> write_line("checkpoint saved")
+        checkpoint saved
+    """
+    stream = file if file is not None else sys.stdout
+    # Only if something already imported tqdm (a ProgressBar did): printing must never import it.
+    tqdm_module = sys.modules.get("tqdm")
+    write = getattr(getattr(tqdm_module, "tqdm", None), "write", None)
+    if callable(write):
+        write(line, file=stream)
+        stream.flush()
+    else:
+        print(line, file=stream, flush=True)
 
 
 def _import_tqdm(required: bool) -> Any:

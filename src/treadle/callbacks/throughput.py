@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from treadle.callbacks.hooks import Callback
+from treadle.callbacks.progress import write_line
 
 __all__ = ["ThroughputMonitor", "peak_flops_for"]
 
@@ -241,7 +242,7 @@ class ThroughputMonitor(Callback):
             fabric.log_dict(metrics, step=self._batches)
         if self.verbose and (fabric is None or fabric.is_global_zero):
             shown = ", ".join(f"{name.split('/')[-1]}={value:.4g}" for name, value in metrics.items())
-            print(f"ThroughputMonitor: {shown}", flush=True)
+            write_line(f"ThroughputMonitor: {shown}")
 
     def _peak(self, fabric: Any) -> float | None:
         if not self._peak_resolved:

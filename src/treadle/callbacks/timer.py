@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from typing import Any, TextIO
 import torch
 
 from treadle.callbacks.hooks import Callback
+from treadle.callbacks.progress import write_line
 
 __all__ = ["IterationTimer", "TimingSummary"]
 
@@ -210,7 +210,7 @@ class IterationTimer(Callback):
         self._print(f"IterationTimer: {self.summary()}")
 
     def _print(self, line: str) -> None:
-        print(line, file=self._file if self._file is not None else sys.stdout, flush=True)
+        write_line(line, self._file)
 
 
 class _Clock:

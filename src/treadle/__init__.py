@@ -11,6 +11,15 @@ __version__ = "0.1.0"
 
 # Loaded on first use so that `import treadle` costs little more than `import torch`.
 _LAZY = {
+    "Trainer": "treadle.trainer",
+    "EarlyStopping": "treadle.callbacks",
+    "IterationTimer": "treadle.callbacks",
+    "LearningRateMonitor": "treadle.callbacks",
+    "LossGuard": "treadle.callbacks",
+    "ModelCheckpoint": "treadle.callbacks",
+    "Profiler": "treadle.callbacks",
+    "ProgressBar": "treadle.callbacks",
+    "ThroughputMonitor": "treadle.callbacks",
     "CSVLogger": "treadle.loggers",
     "TensorBoardLogger": "treadle.loggers",
     "Logger": "treadle.loggers",
@@ -18,6 +27,17 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
+    from treadle.callbacks import (
+        EarlyStopping,
+        IterationTimer,
+        LearningRateMonitor,
+        LossGuard,
+        ModelCheckpoint,
+        Profiler,
+        ProgressBar,
+        ThroughputMonitor,
+    )
+    from treadle.trainer import Trainer
     from treadle.loggers import CSVLogger, Logger, TensorBoardLogger
     from treadle.seed import seed_everything
 

@@ -133,9 +133,7 @@ class Profiler(Callback):
             return
         self._fabric = fabric
         self._instrumented = fabric
-        # TODO: switch to a public Fabric method (requested: `fabric.instrument_callbacks(wrapper)`); until
-        # it exists this is the one place that reaches into the Fabric's dispatcher.
-        fabric._callbacks.wrap_methods(self._wrap)
+        fabric.instrument_callbacks(self._wrap)
 
     def _wrap(self, callback: object, hook: str, method: Callable[..., Any]) -> Callable[..., Any]:
         if callback is self:

@@ -1,0 +1,155 @@
+"""The order of hooks in fit and validate is the table in docs/trainer.md, and their arguments are as listed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from tests.trainer.models import Classifier, loader, trainer
+from treadle.callbacks import KNOWN_HOOKS, TRAINER_HOOKS
+
+
+def _recorder(log: list[tuple[str, str, dict[str, Any]]], label: str) -> Any:
+    def make(name: str) -> Any:
+        def hook(self: Any, **kwargs: Any) -> None:
+            log.append((label, name, kwargs))
+
+        return hook
+
+    return type("Recorder", (), {name: make(name) for name in KNOWN_HOOKS})()
+
+
+class HookedModel(Classifier):
+    def __init__(self, log: list[tuple[str, str, dict[str, Any]]]) -> None:
+        super().__init__()
+        self.log = log
+
+    def on_train_epoch_start(self, trainer: Any) -> None:
+        self.log.append(("model", "on_train_epoch_start", {"trainer": trainer}))
+
+    def on_validation_end(self) -> None:
+        self.log.append(("model", "on_validation_end", {}))
+
+
+FIT_ORDER = [
+    "on_after_setup",
+    "on_fit_start",
+    "on_train_start",
+    "on_train_epoch_start",
+    *[
+        *["on_train_batch_start", "on_before_backward", "on_after_backward"],
+        *["on_before_optimizer_step", "on_after_optimizer_step", "on_before_zero_grad", "on_train_batch_end"],
+    ]
+    * 2,
+    "on_validation_start",
+    "on_validation_epoch_start",
+    "on_validation_batch_start",
+    "on_validation_batch_end",
+    "on_validation_epoch_end",
+    "on_validation_end",
+    "on_train_epoch_end",
+    "on_train_end",
+    "on_fit_end",
+]
+
+
+def test_fit_fires_hooks_in_documented_order_with_their_arguments() -> None:
+    log: list[tuple[str, str, dict[str, Any]]] = []
+    recorder = _recorder(log, "callback")
+    model = HookedModel(log)
+    fit_trainer = trainer(callbacks=[recorder], limit_train_batches=2, limit_val_batches=1)
+    fit_trainer.fit(model, loader(), loader())
+
+    assert [name for who, name, _ in log if who == "callback"] == FIT_ORDER
+    # The model's hooks run right after the callbacks' for the same event.
+    names = [(who, name) for who, name, _ in log]
+    for hook in ("on_train_epoch_start", "on_validation_end"):
+        position = names.index(("model", hook))
+        assert names[position - 1] == ("callback", hook)
+
+    by_hook: dict[str, dict[str, Any]] = {}
+    for who, name, kwargs in log:
+        if who == "callback":
+            by_hook.setdefault(name, kwargs)
+    expected_arguments = {
+        "on_train_batch_start": {"batch", "batch_idx"},
+        "on_before_zero_grad": {"optimizer"},
+        "on_train_batch_end": {"loss", "output", "batch", "batch_idx"},
+        "on_validation_batch_start": {"batch", "batch_idx"},
+        "on_validation_batch_end": {"output", "batch", "batch_idx"},
+        "on_before_backward": {"loss"},
+        "on_before_optimizer_step": {"optimizer"},
+    }
+    for name in FIT_ORDER:
+        received = set(by_hook[name])
+        if name in TRAINER_HOOKS and name not in (
+            "on_before_backward",
+            "on_after_backward",
+            "on_before_optimizer_step",
+        ):
+            assert {"trainer", "fabric"} <= received, name
+            assert by_hook[name]["trainer"] is fit_trainer
+            assert by_hook[name]["fabric"] is fit_trainer.fabric
+        assert expected_arguments.get(name, set()) <= received, name
+    assert by_hook["on_train_batch_end"]["batch_idx"] == 0
+    assert isinstance(by_hook["on_train_batch_end"]["loss"], torch.Tensor)
+    assert not by_hook["on_train_batch_end"]["loss"].requires_grad
+    # The model is a callback only while fit runs.
+    assert model not in fit_trainer.fabric.callbacks
+
+
+def test_validate_fires_only_validation_hooks() -> None:
+    log: list[tuple[str, str, dict[str, Any]]] = []
+    validate_trainer = trainer(callbacks=[_recorder(log, "callback")])
+    metrics = validate_trainer.validate(Classifier(), loader(n=16))
+    names = [name for _, name, _ in log]
+    assert names == [
+        "on_after_setup",
+        "on_validation_start",
+        "on_validation_epoch_start",
+        *["on_validation_batch_start", "on_validation_batch_end"] * 2,
+        "on_validation_epoch_end",
+        "on_validation_end",
+    ]
+    assert set(metrics) == {"val_loss", "val_acc"}
+    assert validate_trainer.callback_metrics["val_acc"] == pytest.approx(metrics["val_acc"])
+
+
+def test_checkpoint_hooks_see_and_may_edit_the_checkpoint(tmp_path: Any) -> None:
+    class AddsEntry:
+        loaded: dict[str, Any] | None = None
+
+        def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+            checkpoint["note"] = "hello"
+
+        def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+            self.loaded = checkpoint
+
+    path = tmp_path / "a.ckpt"
+    first = trainer(callbacks=[AddsEntry()])
+    first.fit(Classifier(), loader())
+    first.save_checkpoint(path)
+    callback = AddsEntry()
+    trainer(callbacks=[callback], max_epochs=2).fit(Classifier(), loader(), ckpt_path=path)
+    assert callback.loaded is not None and callback.loaded["note"] == "hello"
+
+
+def test_seed_style_callback_works_unchanged() -> None:
+    seen = []
+
+    class MyCallback:
+        def on_train_batch_end(self, loss: Any, output: Any) -> None:
+            seen.append((float(loss), output))
+
+    trainer(callbacks=[MyCallback()]).fit(Classifier(), loader(n=16))
+    assert len(seen) == 2
+
+
+def test_misspelled_hook_is_reported() -> None:
+    class Typo:
+        def on_train_epoch_ned(self) -> None: ...
+
+    with pytest.warns(UserWarning, match="on_train_epoch_end"):
+        trainer(callbacks=[Typo()])

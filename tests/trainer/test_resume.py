@@ -1,0 +1,122 @@
+"""A run resumed from a checkpoint ends with weights bitwise equal to the uninterrupted run."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from tests.trainer.models import Classifier, make_data, trainer
+from treadle.seed import seed_everything
+
+
+class NoisyData(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Draws augmentation noise from the global torch and python RNGs while loading, as real pipelines do."""
+
+    def __init__(self, n: int) -> None:
+        self.data = make_data(n)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.data[index]
+        return x + 0.1 * torch.randn_like(x) * random.random(), y
+
+
+def configure(model: nn.Module) -> Any:
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 6))
+    decay = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.7)
+    return optimizer, [{"scheduler": warmup, "interval": "step"}, decay]
+
+
+class SaveAndStop:
+    """Saves a checkpoint once `when(trainer)` holds, then stops training: the 'interrupted' run."""
+
+    def __init__(self, path: Path, when: Any, hook: str) -> None:
+        self.path, self.when = path, when
+        setattr(self, hook, self._maybe_save)
+
+    def _maybe_save(self, trainer: Any) -> None:
+        if not self.path.exists() and self.when(trainer):
+            trainer.save_checkpoint(self.path)
+            trainer.request_stop("simulated interruption")
+
+
+def run(seed: int, callbacks: list[Any] = (), ckpt_path: Path | None = None, **options: Any) -> nn.Module:  # type: ignore[assignment]
+    seed_everything(seed)
+    model = Classifier(dropout=0.3, configure=configure)
+    settings = {"max_epochs": 3, "grad_accum_steps": 2, "val_every_n_steps": 3, "log_every_n_steps": 1}
+    settings.update(options)
+    train = DataLoader(NoisyData(80), batch_size=8, shuffle=True)
+    val = DataLoader(NoisyData(24), batch_size=8)
+    trainer(callbacks=list(callbacks), **settings).fit(model, train, val, ckpt_path=ckpt_path)
+    return model
+
+
+def assert_bitwise_equal(a: nn.Module, b: nn.Module) -> None:
+    for (name, left), (_, right) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(left, right), f"{name} differs"
+
+
+@pytest.mark.parametrize(
+    ("hook", "when"),
+    [
+        # Mid-epoch: epoch 1 has 5 optimizer steps of 2 batches; step 7 is after batch 4 of epoch 1.
+        pytest.param(
+            "on_train_batch_end", lambda t: t.global_step == 7 and t.batch_idx % 2 == 1, id="mid-epoch"
+        ),
+        # After the epoch's last batch, inside its validation: resumes at the end of epoch 0.
+        pytest.param(
+            "on_validation_end",
+            lambda t: t.progress.batches_done == t.num_training_batches and t.current_epoch == 0,
+            id="epoch-end",
+        ),
+        # In on_train_epoch_end the epoch is finished (validated, schedulers stepped): resumes with epoch 1.
+        pytest.param("on_train_epoch_end", lambda t: t.current_epoch == 0, id="train-epoch-end"),
+        # After the epoch ended (schedulers stepped, counter advanced): resumes at the start of epoch 2.
+        pytest.param("on_train_epoch_start", lambda t: t.current_epoch == 2, id="epoch-start"),
+    ],
+)
+def test_resumed_run_ends_bitwise_equal_to_uninterrupted_run(tmp_path: Path, hook: str, when: Any) -> None:
+    uninterrupted = run(seed=0)
+    path = tmp_path / "interrupted.ckpt"
+    run(seed=0, callbacks=[SaveAndStop(path, when, hook)])
+    assert path.exists()
+    resumed = run(seed=1234, ckpt_path=path)  # a different init and RNG state: the checkpoint must fix both
+    assert_bitwise_equal(uninterrupted, resumed)
+
+
+def test_resume_restores_progress_and_metrics(tmp_path: Path) -> None:
+    path = tmp_path / "a.ckpt"
+    run(seed=0, callbacks=[SaveAndStop(path, lambda t: t.global_step == 7, "on_train_batch_end")])
+    seen = {}
+
+    class Peek:
+        def on_train_start(self, trainer: Any) -> None:
+            seen.update(
+                step=trainer.global_step, epoch=trainer.current_epoch, done=trainer.progress.batches_done
+            )
+            seen["metrics"] = dict(trainer.callback_metrics)
+
+    run(seed=0, callbacks=[Peek()], ckpt_path=path)
+    assert (seen["step"], seen["epoch"], seen["done"]) == (7, 1, 4)
+
+    path = tmp_path / "b.ckpt"
+    run(seed=0, callbacks=[SaveAndStop(path, lambda t: t.current_epoch == 0, "on_train_epoch_end")])
+    run(seed=0, callbacks=[Peek()], ckpt_path=path)
+    assert (seen["step"], seen["epoch"], seen["done"]) == (5, 1, 0)
+    assert "val_loss" in seen["metrics"] and "train_loss" in seen["metrics"]
+
+
+def test_validation_does_not_change_trained_weights() -> None:
+    # Validation restores the RNG it found, so its frequency cannot change what training draws.
+    often = run(seed=0, val_every_n_steps=1)
+    never = run(seed=0, val_every_n_steps=None, val_every_n_epochs=None)
+    assert_bitwise_equal(often, never)

@@ -288,7 +288,7 @@ def test_signatures_are_inspected_once_per_plan(monkeypatch: pytest.MonkeyPatch)
         calls.append(obj)
         return real(obj, *args, **kwargs)
 
-    monkeypatch.setattr(dispatch_module.inspect, "signature", counting)
+    monkeypatch.setattr(inspect, "signature", counting)
     log: list[Any] = []
     dispatcher = CallbackDispatcher([Recorder("a", log), Recorder("b", log)])
     for step in range(50):

@@ -340,3 +340,57 @@ def test_compiled_module_checkpoints_without_prefix(tmp_path: Any) -> None:
 def test_print_only_on_rank_zero(capsys: pytest.CaptureFixture[str]) -> None:
     Fabric(accelerator="cpu").print("hello")
     assert capsys.readouterr().out == "hello\n"
+
+
+class WithStep(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+    def training_step(self, x: torch.Tensor) -> torch.Tensor:
+        inside = torch.is_autocast_enabled("cpu")
+        out = self(x)  # forward itself still works from inside a redirected method
+        return out.sum() if inside else out.sum() * float("nan")
+
+
+def test_custom_methods_run_through_forward_under_mixed_precision() -> None:
+    fabric = Fabric(accelerator="cpu", precision="bf16-mixed")
+    model = fabric.setup(WithStep())
+    loss = model.training_step(torch.randn(2, 4))
+    assert torch.isfinite(loss) and loss.dtype == torch.float32
+    assert "forward" not in model.module.__dict__  # restored after the call
+    assert model(torch.randn(2, 4)).shape == (2, 4)
+
+
+def test_custom_methods_are_untouched_when_nothing_acts_in_forward() -> None:
+    fabric = Fabric(accelerator="cpu")
+    raw = WithStep()
+    model = fabric.setup(raw)
+    assert model.training_step == raw.training_step  # the original bound method, no indirection
+
+
+def test_fabric_hooks_receive_fabric_and_hook_arguments() -> None:
+    seen: list[tuple[str, Any, Any]] = []
+
+    class Context:
+        def on_before_backward(self, loss: torch.Tensor, fabric: Fabric, trainer: Any = None) -> None:
+            seen.append(("backward", fabric, trainer))
+
+        def on_after_optimizer_step(self, optimizer: Any, trainer: Any = None) -> None:
+            seen.append(("step", None, trainer))
+
+    fabric = Fabric(accelerator="cpu", callbacks=Context())
+    model = make_model()
+    model, optimizer = fabric.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    x, y = batches(1)[0]
+    marker = object()
+    with fabric.hook_arguments(trainer=marker):
+        fabric.backward(nn.functional.mse_loss(model(x), y))
+        optimizer.step()
+    fabric.backward(nn.functional.mse_loss(model(x), y))
+    assert seen == [("backward", fabric, marker), ("step", None, marker), ("backward", fabric, None)]
+    with pytest.raises(ValueError, match="loss"), fabric.hook_arguments(loss=1):
+        pass

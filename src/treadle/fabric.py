@@ -20,6 +20,7 @@ from treadle.accelerators import Accelerator, parse_accelerator, parse_devices
 from treadle.callbacks import CallbackDispatcher
 from treadle.precision import Precision, PrecisionInput, parse_precision
 from treadle.strategies import REDUCE_OPS, ReduceOp, Strategy, parse_strategy, read_environment
+from treadle.strategies.environment import apply_launch_settings
 from treadle.tree import map_tensors, move_to_device
 from treadle.wrappers import FabricDataLoader, FabricModule, FabricOptimizer
 
@@ -73,6 +74,10 @@ class Fabric:
             raise ValueError(f"Fabric(num_nodes={num_nodes!r}) must be a positive int, e.g. num_nodes=2.")
         if not isinstance(strict_hooks, bool):
             raise TypeError(f"Fabric(strict_hooks={strict_hooks!r}) must be True or False.")
+        # Options of `treadle run` fill the arguments the code left at their defaults.
+        accelerator, strategy, devices, num_nodes, precision = apply_launch_settings(
+            accelerator, strategy, devices, num_nodes, precision
+        )
         environment = read_environment()
         self._accelerator = parse_accelerator(accelerator)
         device_indices = parse_devices(devices, self._accelerator)
@@ -87,6 +92,9 @@ class Fabric:
             callbacks, strict_hooks=strict_hooks, global_rank=self._strategy.global_rank
         )
         self._loggers = _parse_loggers(loggers)
+        # Keyword arguments added to the hooks Fabric fires itself (the Trainer adds trainer=); shared by
+        # reference with the optimizers it wraps.
+        self._hook_arguments: dict[str, Any] = {"fabric": self}
         self._environment_ready = False
         self._setup_modules: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
@@ -182,6 +190,40 @@ class Fabric:
         """Unregister ``callback`` (compared by identity)."""
         self._callbacks.remove(callback)
 
+    @contextlib.contextmanager
+    def hook_arguments(self, **kwargs: Any) -> Generator[None, None, None]:
+        """Pass extra keyword arguments to the hooks Fabric fires itself, inside this block.
+
+        Fabric's own hooks always receive ``fabric=``; a loop built on Fabric can add its own context, as the
+        Trainer adds ``trainer=``. Callbacks that do not declare an argument do not receive it.
+
+        Example::
+
+            with fabric.hook_arguments(trainer=self):
+                fabric.backward(loss)  # on_before_backward(loss, fabric, trainer)
+        """
+        reserved = {"loss", "optimizer", "module", "fabric"} & kwargs.keys()
+        if reserved:
+            raise ValueError(
+                f"Fabric.hook_arguments() cannot set {sorted(reserved)}: Fabric's hooks pass these themselves."
+            )
+        previous = dict(self._hook_arguments)
+        self._hook_arguments.update(kwargs)
+        try:
+            yield
+        finally:
+            self._hook_arguments.clear()
+            self._hook_arguments.update(previous)
+
+    def instrument_callbacks(
+        self, wrapper: Callable[[object, str, Callable[..., Any]], Callable[..., Any]] | None
+    ) -> None:
+        """Route every callback method that ``call`` invokes through ``wrapper(callback, hook, method)``.
+
+        This is how the Profiler times each hook of each callback. ``None`` removes the wrapper.
+        """
+        self._callbacks.wrap_methods(wrapper)
+
     # --- processes ----------------------------------------------------------------------------------------
     def launch(self, function: Callable[..., T] | None = None, *args: Any, **kwargs: Any) -> T | None:
         """Start the processes of the job (if the launcher has not) and join them together.
@@ -203,7 +245,8 @@ class Fabric:
                 return None
             return function(self, *args, **kwargs)
         if function is None:
-            self._strategy.launch(self._prepare_environment)
+            self._strategy.launch(None)
+            self._prepare_environment()
             return None
         return self._strategy.launch(self._run_on_rank, function, *args, **kwargs)
 
@@ -217,6 +260,17 @@ class Fabric:
         self._strategy.setup_environment()
         self._callbacks.set_global_rank(self._strategy.global_rank)
         self._environment_ready = True
+
+    def __getstate__(self) -> dict[str, Any]:
+        # strategy="ddp_spawn" sends this object to each new process; a WeakSet does not pickle.
+        state = self.__dict__.copy()
+        state["_setup_modules"] = list(self._setup_modules)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        modules = state.pop("_setup_modules")
+        self.__dict__.update(state)
+        self._setup_modules = weakref.WeakSet(modules)
 
     def _require_environment(self, method: str) -> None:
         if self._environment_ready:
@@ -286,7 +340,7 @@ class Fabric:
         wrapped = FabricModule(forward_module, module, self._precision)
         self._setup_modules.add(module)
         self._setup_modules.add(wrapped)
-        self._callbacks.call("on_after_setup", fabric=self, module=wrapped)
+        self._callbacks.call("on_after_setup", module=wrapped, **self._hook_arguments)
         return wrapped
 
     def setup_optimizers(self, *optimizers: torch.optim.Optimizer) -> Any:
@@ -310,7 +364,9 @@ class Fabric:
                     "it takes torch.optim.Optimizer instances."
                 )
             prepared = self._strategy.setup_optimizer(optimizer)
-            wrapped.append(FabricOptimizer(prepared, self._strategy, self._callbacks.call))
+            wrapped.append(
+                FabricOptimizer(prepared, self._strategy, self._callbacks.call, self._hook_arguments)
+            )
         return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
 
     def setup_dataloaders(
@@ -367,9 +423,10 @@ class Fabric:
                 "Call `model, optimizer = fabric.setup(model, optimizer)` first."
             )
         call = self._callbacks.call
-        call("on_before_backward", loss=tensor)
+        hook_arguments = self._hook_arguments
+        call("on_before_backward", loss=tensor, **hook_arguments)
         self._strategy.backward(tensor, model, *args, **kwargs)
-        call("on_after_backward")
+        call("on_after_backward", **hook_arguments)
 
     def clip_gradients(
         self,

@@ -7,6 +7,8 @@ the original object, so user code that reads attributes, state dicts or ``isinst
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -17,6 +19,8 @@ from torch.utils.data import DataLoader
 from treadle.precision import Precision
 from treadle.strategies import Strategy
 from treadle.tree import move_to_device
+
+_MISSING = object()
 
 Dispatch = Callable[..., list[Any]]
 
@@ -40,6 +44,13 @@ class FabricModule(nn.Module):
         object.__setattr__(self, "_original_module", original_module)
         object.__setattr__(self, "_precision", precision)
         object.__setattr__(self, "_plain_precision", type(precision) is Precision)
+        # Methods other than forward must run through forward when something acts there (DDP's gradient
+        # hooks, FSDP's unsharding, autocast); otherwise `model.training_step(...)` would silently skip it.
+        object.__setattr__(
+            self,
+            "_redirect_methods",
+            forward_module is not original_module or type(precision) is not Precision,
+        )
 
     @property
     def module(self) -> nn.Module:
@@ -78,7 +89,43 @@ class FabricModule(nn.Module):
         except AttributeError:
             pass
         # Anything the user's module has (submodules, custom methods and attributes) reads straight through.
-        return getattr(self.__dict__["_original_module"], name)
+        attribute = getattr(self.__dict__["_original_module"], name)
+        if self.__dict__["_redirect_methods"] and self._is_user_method(name, attribute):
+            return self._through_forward(attribute)
+        return attribute
+
+    def _is_user_method(self, name: str, attribute: Any) -> bool:
+        return (
+            inspect.ismethod(attribute)
+            and attribute.__self__ is self.module
+            and name != "forward"
+            and not hasattr(nn.Module, name)
+        )
+
+    def _through_forward(self, method: Callable[..., Any]) -> Callable[..., Any]:
+        module = self.module
+
+        def restore(saved: Any) -> None:
+            if saved is _MISSING:
+                module.__dict__.pop("forward", None)
+            else:
+                module.__dict__["forward"] = saved
+
+        @functools.wraps(method)
+        def call_through_forward(*args: Any, **kwargs: Any) -> Any:
+            saved = module.__dict__.get("forward", _MISSING)
+
+            def as_forward(*inner_args: Any, **inner_kwargs: Any) -> Any:
+                restore(saved)  # the method may call self(...) itself: give it the real forward back
+                return method(*inner_args, **inner_kwargs)
+
+            module.__dict__["forward"] = as_forward
+            try:
+                return self(*args, **kwargs)
+            finally:
+                restore(saved)
+
+        return call_through_forward
 
     def __setattr__(self, name: str, value: Any) -> None:
         original = self.__dict__.get("_original_module")
@@ -99,11 +146,18 @@ class FabricOptimizer(torch.optim.Optimizer):
     attribute are the wrapped optimizer's own.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, strategy: Strategy, dispatch: Dispatch) -> None:
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        strategy: Strategy,
+        dispatch: Dispatch,
+        hook_arguments: dict[str, Any] | None = None,
+    ) -> None:
         # Optimizer.__init__ is deliberately not called: all state lives in the wrapped optimizer.
         self.__dict__["_optimizer"] = optimizer
         self.__dict__["_strategy"] = strategy
         self.__dict__["_dispatch"] = dispatch
+        self.__dict__["_hook_arguments"] = {} if hook_arguments is None else hook_arguments
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
@@ -134,12 +188,14 @@ class FabricOptimizer(torch.optim.Optimizer):
         self.optimizer.defaults = value
 
     def step(self, closure: Callable[[], float] | None = None) -> Any:
-        dispatch = self.__dict__["_dispatch"]
-        optimizer = self.optimizer
-        dispatch("on_before_optimizer_step", optimizer=optimizer)
+        state = self.__dict__
+        dispatch = state["_dispatch"]
+        hook_arguments = state["_hook_arguments"]
+        optimizer = state["_optimizer"]
+        dispatch("on_before_optimizer_step", optimizer=optimizer, **hook_arguments)
         kwargs = {} if closure is None else {"closure": closure}
-        output = self.__dict__["_strategy"].optimizer_step(optimizer, **kwargs)
-        dispatch("on_after_optimizer_step", optimizer=optimizer)
+        output = state["_strategy"].optimizer_step(optimizer, **kwargs)
+        dispatch("on_after_optimizer_step", optimizer=optimizer, **hook_arguments)
         return output
 
     def zero_grad(self, set_to_none: bool = True) -> None:

@@ -231,7 +231,7 @@ class Trainer:
             )
         self.fabric.launch()
         self.should_stop, self.stop_reason = False, None
-        with self._preemption.watch(), self._model_run(model):
+        with self._preemption.watch(), self._model_run(model), self.fabric.hook_arguments(trainer=self):
             self._fit(model, train_dataloaders, val_dataloaders, ckpt_path)
 
     def validate(self, model: nn.Module, dataloaders: DataLoader[Any]) -> dict[str, float]:
@@ -239,7 +239,7 @@ class Trainer:
         check_model(model, "validate", ("validation_step",))
         check_loader(dataloaders, "dataloaders")
         self.fabric.launch()
-        with self._model_run(model):
+        with self._model_run(model), self.fabric.hook_arguments(trainer=self):
             self._setup_model(model)
             self._val_loader = self.fabric.setup_dataloaders(dataloaders, move_to_device=False).dataloader
             return self._run_validation()

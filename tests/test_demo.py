@@ -32,7 +32,13 @@ def test_demo_reaches_the_target_then_resumes(tmp_path: Path, capsys: pytest.Cap
     assert checkpoint.exists() and (tmp_path / "logs" / "version_0" / "hparams.json").exists()
     with open(metrics) as file:
         rows = list(csv.DictReader(file))
-    assert {"train_loss", "val_loss", "val_acc", "epoch"} <= set(rows[0])
+    assert {"train_loss", "val_loss", "val_acc", "epoch", "lr-AdamW"} <= set(rows[0])
+    curves = tmp_path / "logs" / "version_0" / "curves.png"
+    assert f"curves:     {curves}" in out and curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "IterationTimer: 3756 iterations" in out  # the timer's summary at the end of training
+    assert any(
+        path.name.startswith("epoch=") for path in (tmp_path / "checkpoints").iterdir()
+    )  # best by val_acc
     last_step = int(rows[-1]["step"])
 
     # One more epoch on top: continues from the checkpoint, in the same log folder.

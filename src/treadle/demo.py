@@ -114,24 +114,33 @@ class DigitClassifier(nn.Module):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-class SaveLastCheckpoint:
-    """Writes ``trainer.checkpoint_dir/last.ckpt`` after every epoch and when training ends."""
-
-    def on_train_epoch_end(self, trainer: Trainer) -> None:
-        trainer.save_checkpoint(Path(trainer.checkpoint_dir, "last.ckpt"))
-
-    def on_train_end(self, trainer: Trainer) -> None:
-        trainer.save_checkpoint(Path(trainer.checkpoint_dir, "last.ckpt"))
-
-
-def build_callbacks(root: Path, progress_bar: bool) -> list[Any]:
+def build_callbacks(root: Path, progress_bar: bool, steps_per_epoch: int) -> list[Any]:
     """Every callback of the demo, in the order they run."""
-    from treadle.callbacks.progress import ProgressBar
+    from treadle.callbacks import IterationTimer, LearningRateMonitor, ModelCheckpoint, ProgressBar
 
     return [
-        SaveLastCheckpoint(),
+        # The best epoch by validation accuracy, plus last.ckpt for --resume.
+        ModelCheckpoint(
+            dirpath=root / "checkpoints", monitor="val_acc", mode="max", save_top_k=1, save_last=True
+        ),
+        LearningRateMonitor(logging_interval="step"),
+        # One line per epoch with the time of that iteration, and mean/median/p90 when training ends.
+        IterationTimer(every_n_steps=steps_per_epoch),
         ProgressBar() if progress_bar else ProgressBar(backend="plain", refresh_rate=100),
     ]
+
+
+def draw_curves(log_dir: Path) -> Path | None:
+    """Plot the run's loss, accuracy and learning rate to ``log_dir/curves.png`` (needs matplotlib)."""
+    try:
+        from treadle.plot import plot_metrics
+
+        return plot_metrics(
+            log_dir, output=log_dir / "curves.png", metrics=["train_loss", "val_loss", "val_acc", "lr-AdamW"]
+        )
+    except ModuleNotFoundError as missing:
+        print(f"No curves: {missing}")
+        return None
 
 
 def run_demo(root: str | os.PathLike[str], resume: bool, max_epochs: int | None, progress_bar: bool) -> int:
@@ -165,7 +174,7 @@ def run_demo(root: str | os.PathLike[str], resume: bool, max_epochs: int | None,
         accelerator="cpu",
         devices=1,
         max_epochs=epochs,
-        callbacks=build_callbacks(root, progress_bar),
+        callbacks=build_callbacks(root, progress_bar, steps_per_epoch=len(train)),
         loggers=logger,
         checkpoint_dir=root / "checkpoints",
         log_every_n_steps=10,
@@ -196,7 +205,11 @@ def run_demo(root: str | os.PathLike[str], resume: bool, max_epochs: int | None,
     )
     if trainer.stop_reason and "SIGTERM" in trainer.stop_reason:
         print(f"Stopped early: {trainer.stop_reason}")
+    logger.finalize("success")
+    curves = draw_curves(Path(logger.log_dir))
     print(f"logs:       {Path(logger.log_dir) / 'metrics.csv'}")
+    if curves is not None:
+        print(f"curves:     {curves}")
     print(f"checkpoint: {checkpoint}")
     print(f"resume:     treadle demo --root {root} --resume")
     return 0 if reached else 1

@@ -37,16 +37,25 @@ if TYPE_CHECKING:
         ProgressBar,
         ThroughputMonitor,
     )
-    from treadle.trainer import Trainer
     from treadle.loggers import CSVLogger, Logger, TensorBoardLogger
     from treadle.seed import seed_everything
+    from treadle.trainer import Trainer
 
 __all__ = [
     "CSVLogger",
     "Callback",
+    "EarlyStopping",
     "Fabric",
+    "IterationTimer",
+    "LearningRateMonitor",
     "Logger",
+    "LossGuard",
+    "ModelCheckpoint",
+    "Profiler",
+    "ProgressBar",
     "TensorBoardLogger",
+    "ThroughputMonitor",
+    "Trainer",
     "rank_zero_only",
     "seed_everything",
 ]

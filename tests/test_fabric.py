@@ -150,8 +150,9 @@ def hand_written_losses(precision: str) -> list[float]:
     losses = []
     for x, y in batches():
         if precision == "64-true":
-            x, y = x.double(), y.double()
-        if dtype is not None:
+            # Outputs come back in float32 (as in Lightning Fabric): the loss is computed there.
+            loss = nn.functional.mse_loss(model(x.double()).float(), y)
+        elif dtype is not None:
             with torch.autocast("cpu", dtype=dtype):
                 out = model(x)
             loss = nn.functional.mse_loss(out.float(), y)
@@ -299,8 +300,8 @@ def test_collectives_are_identities_on_one_process() -> None:
     assert fabric.all_gather(torch.ones(2)).shape == (1, 2)
     assert float(fabric.all_reduce(torch.tensor(3.0), reduce_op="sum")) == 3.0
     assert fabric.all_reduce_bool(True) is True
-    with pytest.raises(ValueError, match="reduce_op='avg'"):
-        fabric.all_reduce(torch.ones(1), reduce_op="avg")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="reduce_op='median'"):
+        fabric.all_reduce(torch.ones(1), reduce_op="median")
     with fabric.rank_zero_first():
         pass
     fabric.barrier()
@@ -394,3 +395,95 @@ def test_fabric_hooks_receive_fabric_and_hook_arguments() -> None:
     assert seen == [("backward", fabric, marker), ("step", None, marker), ("backward", fabric, None)]
     with pytest.raises(ValueError, match="loss"), fabric.hook_arguments(loss=1):
         pass
+
+
+def test_all_reduce_takes_numbers_nested_and_reduce_ops() -> None:
+    fabric = Fabric(accelerator="cpu")
+    out = fabric.all_reduce({"n": 3, "xs": [1.5, torch.tensor(2.0)]}, None, "sum")
+    assert isinstance(out["n"], torch.Tensor) and float(out["n"]) == 3.0 and out["n"].dtype == torch.float32
+    assert float(out["xs"][0]) == 1.5 and float(out["xs"][1]) == 2.0
+    assert float(fabric.all_reduce(4, reduce_op=torch.distributed.ReduceOp.MAX)) == 4.0
+
+
+@dataclasses.dataclass
+class WithDerived:
+    x: torch.Tensor
+    mask: torch.Tensor = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.mask = torch.ones_like(self.x)
+
+
+def test_to_device_keeps_init_false_fields() -> None:
+    fabric = Fabric(accelerator="cpu")
+    data = WithDerived(torch.zeros(2))
+    data.mask = torch.full((2,), 7.0)
+    moved = fabric.to_device(data)
+    assert torch.equal(moved.mask, torch.full((2,), 7.0))
+
+
+def test_wrapped_optimizer_copies_and_pickles() -> None:
+    import pickle
+
+    fabric = Fabric(accelerator="cpu")
+    model = make_model()
+    _, optimizer = fabric.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    copied = copy.deepcopy(optimizer)
+    assert copied.param_groups[0]["lr"] == 0.1
+    assert isinstance(pickle.loads(pickle.dumps(optimizer.optimizer)), torch.optim.SGD)
+
+
+def test_clip_gradients_accepts_the_plain_optimizer() -> None:
+    fabric = Fabric(accelerator="cpu")
+    model = make_model()
+    raw_optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model, _ = fabric.setup(model, raw_optimizer)
+    x, y = batches(1)[0]
+    fabric.backward(nn.functional.mse_loss(model(x), y) * 100)
+    fabric.clip_gradients(model, raw_optimizer, max_norm=0.5)
+    total = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+    assert float(total) == pytest.approx(0.5, rel=1e-4)
+
+
+def test_declared_hooks_are_known_before_constructor_callbacks_are_checked() -> None:
+    class Mine:
+        def on_my_event(self) -> str:
+            return "ran"
+
+    fabric = Fabric(accelerator="cpu", callbacks=Mine(), strict_hooks=True, hooks=["on_my_event"])
+    assert fabric.call("on_my_event") == ["ran"]
+    with pytest.raises(ValueError, match="on_my_event"):
+        Fabric(accelerator="cpu", callbacks=Mine(), strict_hooks=True)
+
+
+def test_one_process_strategy_rejects_several_devices_and_reuse() -> None:
+    from treadle.strategies import SingleDeviceStrategy
+
+    with pytest.raises(ValueError, match=r"strategy='single_device'.*devices=2.*strategy='ddp'"):
+        Fabric(accelerator="cpu", strategy="single_device", devices=2)
+    strategy = SingleDeviceStrategy()
+    Fabric(accelerator="cpu", strategy=strategy, precision="16-mixed")
+    with pytest.raises(ValueError, match="already belongs to another Fabric"):
+        Fabric(accelerator="cpu", strategy=strategy)
+
+
+@pytest.mark.parametrize("precision", [["bf16"], 16.0, "BF16"])
+def test_precision_values_that_only_look_right(precision: Any) -> None:
+    with pytest.raises(ValueError, match="is not a precision"):
+        Fabric(accelerator="cpu", precision=precision)
+
+
+def test_true_precision_outputs_come_back_float32() -> None:
+    fabric = Fabric(accelerator="cpu", precision="64-true")
+    model = fabric.setup(make_model())
+    assert next(model.parameters()).dtype == torch.float64
+    assert model(torch.randn(2, 4)).dtype == torch.float32
+
+
+def test_rank_zero_first_releases_the_barrier_when_rank_zero_fails() -> None:
+    fabric = Fabric(accelerator="cpu")
+    calls: list[str] = []
+    fabric.strategy.barrier = lambda name=None: calls.append(str(name))  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="boom"), fabric.rank_zero_first():
+        raise RuntimeError("boom")
+    assert calls == ["rank_zero_first"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import weakref
-from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any, TypeVar, overload
 
 import torch
@@ -17,12 +17,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from treadle.accelerators import Accelerator, parse_accelerator, parse_devices
-from treadle.callbacks import CallbackDispatcher
+from treadle.callbacks import CallbackDispatcher, HookRegistry
+from treadle.loggers.base import metric_value, parse_loggers
 from treadle.precision import Precision, PrecisionInput, parse_precision
 from treadle.strategies import REDUCE_OPS, ReduceOp, Strategy, parse_strategy, read_environment
 from treadle.strategies.environment import apply_launch_settings
-from treadle.tree import map_tensors, move_to_device
-from treadle.wrappers import FabricDataLoader, FabricModule, FabricOptimizer
+from treadle.tree import map_tensors, move_to_device, numbers_to_tensors
+from treadle.wrappers import FabricDataLoader, FabricModule, FabricOptimizer, check_unwrapped
 
 T = TypeVar("T")
 StateFilter = Mapping[str, Callable[[str, Any], bool]]
@@ -42,6 +43,7 @@ class Fabric:
         callbacks: one object or a list of objects whose methods ``call`` invokes by name.
         loggers: one logger or a list of loggers (see ``treadle.loggers``); metrics go to all of them.
         strict_hooks: if True, a callback method named ``on_*`` that is not a known hook is an error.
+        hooks: names of your own hooks, known before ``callbacks`` are checked for misspellings.
 
     Raises:
         ValueError: an argument is not a valid choice; the message lists the valid ones.
@@ -69,6 +71,7 @@ class Fabric:
         callbacks: Any = None,
         loggers: Any = None,
         strict_hooks: bool = False,
+        hooks: Sequence[str] = (),
     ) -> None:
         if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 1:
             raise ValueError(f"Fabric(num_nodes={num_nodes!r}) must be a positive int, e.g. num_nodes=2.")
@@ -88,10 +91,16 @@ class Fabric:
         num_processes = environment.world_size if environment.launched else len(device_indices) * num_nodes
         self._strategy = parse_strategy(strategy, num_processes)
         self._strategy.connect(self._accelerator, self._precision, device_indices, num_nodes, environment)
+        registry = HookRegistry()
+        for name in [hooks] if isinstance(hooks, str) else hooks:
+            registry.register(name)
         self._callbacks = CallbackDispatcher(
-            callbacks, strict_hooks=strict_hooks, global_rank=self._strategy.global_rank
+            callbacks, strict_hooks=strict_hooks, global_rank=self._strategy.global_rank, registry=registry
         )
-        self._loggers = _parse_loggers(loggers)
+        # `fabric.call` is the dispatcher's own bound method: the documented method below would add a
+        # Python frame and a re-packing of **kwargs to every call in the loop.
+        self.call = self._callbacks.call  # type: ignore[method-assign]
+        self._loggers = parse_loggers(loggers)
         # Keyword arguments added to the hooks Fabric fires itself (the Trainer adds trainer=); shared by
         # reference with the optimizers it wraps.
         self._hook_arguments: dict[str, Any] = {"fabric": self}
@@ -101,14 +110,17 @@ class Fabric:
     # --- who and where ------------------------------------------------------------------------------------
     @property
     def accelerator(self) -> Accelerator:
+        """The hardware kind this Fabric runs on."""
         return self._accelerator
 
     @property
     def strategy(self) -> Strategy:
+        """How processes are placed and communicate (single device, DDP, FSDP)."""
         return self._strategy
 
     @property
     def precision(self) -> Precision:
+        """The numeric precision: casting, autocast and the grad scaler."""
         return self._precision
 
     @property
@@ -118,26 +130,32 @@ class Fabric:
 
     @property
     def global_rank(self) -> int:
+        """This process's index among all processes of the job."""
         return self._strategy.global_rank
 
     @property
     def local_rank(self) -> int:
+        """This process's index among the processes on its machine."""
         return self._strategy.local_rank
 
     @property
     def node_rank(self) -> int:
+        """This machine's index among the job's machines."""
         return self._strategy.node_rank
 
     @property
     def world_size(self) -> int:
+        """How many processes the job has."""
         return self._strategy.world_size
 
     @property
     def is_global_zero(self) -> bool:
+        """Whether this is global rank 0, where files and logs are written."""
         return self._strategy.is_global_zero
 
     @property
     def loggers(self) -> list[Any]:
+        """Every logger, in the order given."""
         return list(self._loggers)
 
     @property
@@ -354,15 +372,7 @@ class Fabric:
         self._require_environment("setup_optimizers")
         wrapped = []
         for position, optimizer in enumerate(optimizers):
-            if isinstance(optimizer, FabricOptimizer):
-                raise ValueError(
-                    f"The optimizer at position {position} is already set up. Pass each optimizer to setup once."
-                )
-            if not isinstance(optimizer, torch.optim.Optimizer):
-                raise TypeError(
-                    f"Fabric.setup_optimizers() got {type(optimizer).__name__} at position {position}; "
-                    "it takes torch.optim.Optimizer instances."
-                )
+            check_unwrapped(optimizer, position, FabricOptimizer, torch.optim.Optimizer, "setup_optimizers")
             prepared = self._strategy.setup_optimizer(optimizer)
             wrapped.append(
                 FabricOptimizer(prepared, self._strategy, self._callbacks.call, self._hook_arguments)
@@ -386,19 +396,11 @@ class Fabric:
         device = self.device if move_to_device and self.device.type != "cpu" else None
         wrapped = []
         for position, loader in enumerate(dataloaders):
-            if isinstance(loader, FabricDataLoader):
-                raise ValueError(
-                    f"The dataloader at position {position} is already set up. Pass each dataloader once."
-                )
-            if not isinstance(loader, DataLoader):
-                raise TypeError(
-                    f"Fabric.setup_dataloaders() got {type(loader).__name__} at position {position}; "
-                    "it takes torch.utils.data.DataLoader instances."
-                )
+            check_unwrapped(loader, position, FabricDataLoader, DataLoader, "setup_dataloaders")
             sampler_kwargs = self._strategy.distributed_sampler_kwargs() if use_distributed_sampler else None
             loader = prepare_dataloader(loader, sampler_kwargs, global_rank=self.global_rank)
             wrapped.append(FabricDataLoader(loader, device))
-        return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
+        return wrapped[0] if len(wrapped) == 1 else wrapped
 
     def _check_setup_module(self, module: nn.Module) -> None:
         if isinstance(module, FabricModule) or module in self._setup_modules:
@@ -446,12 +448,7 @@ class Fabric:
             raise ValueError(
                 f"Fabric.clip_gradients(clip_val={clip_val!r}, max_norm={max_norm!r}): give exactly one of them."
             )
-        if not isinstance(optimizer, FabricOptimizer):
-            raise TypeError(
-                "Fabric.clip_gradients() takes the optimizer returned by fabric.setup(), so that gradients "
-                "are unscaled before clipping."
-            )
-        inner = optimizer.optimizer
+        inner = optimizer.optimizer if isinstance(optimizer, FabricOptimizer) else optimizer
         if max_norm is not None:
             return self._strategy.clip_gradients_norm(
                 module, inner, max_norm, norm_type=norm_type, error_if_nonfinite=error_if_nonfinite
@@ -517,23 +514,47 @@ class Fabric:
         """Send ``obj`` (any picklable object) from rank ``src`` to every rank."""
         return self._strategy.broadcast(obj, src)
 
-    def all_gather(self, data: Any, sync_grads: bool = False) -> Any:
-        """Gather tensors (or tensors nested in collections) from every rank, stacked on a new first dim."""
-        strategy = self._strategy
-        return map_tensors(data, lambda tensor: strategy.all_gather(tensor, sync_grads=sync_grads))
+    def all_gather(self, data: Any, group: Any = None, sync_grads: bool = False) -> Any:
+        """Gather tensors (or tensors nested in collections) from every rank.
 
-    def all_reduce(self, data: Any, reduce_op: ReduceOp = "mean") -> Any:
-        """Reduce tensors (or numbers, or nested collections) across ranks with ``"mean"``, ``"sum"``,
-        ``"max"`` or ``"min"``."""
-        if reduce_op not in REDUCE_OPS:
+        Each tensor comes back with a new first dimension of size ``world_size`` (also with one process, so
+        code written for N ranks runs unchanged on one). ``sync_grads=True`` lets gradients flow back.
+        """
+        strategy = self._strategy
+        extra = {} if group is None else {"group": group}
+        return map_tensors(data, lambda tensor: strategy.all_gather(tensor, sync_grads=sync_grads, **extra))
+
+    def all_reduce(self, data: Any, group: Any = None, reduce_op: ReduceOp | Any = "mean") -> Any:
+        """Reduce tensors or numbers, alone or nested in collections, across ranks.
+
+        Args:
+            data: a tensor, a number, or a dict/list/tuple of them; numbers become float tensors.
+            group: the process group (default: all processes).
+            reduce_op: ``"mean"``, ``"sum"``, ``"max"``, ``"min"``, or a ``torch.distributed.ReduceOp`` of those.
+
+        Returns:
+            ``data`` with every tensor replaced by its reduction (a new tensor).
+        """
+        op = str(getattr(reduce_op, "name", reduce_op)).lower().replace("avg", "mean")
+        if op not in REDUCE_OPS:
             raise ValueError(
                 f"Fabric.all_reduce(reduce_op={reduce_op!r}) is not supported. "
                 f"Choose one of: {', '.join(map(repr, REDUCE_OPS))}."
             )
         strategy = self._strategy
-        if isinstance(data, (int, float)) and not isinstance(data, bool):
-            return strategy.all_reduce(torch.tensor(data, device=self.device), reduce_op)
-        return map_tensors(data, lambda tensor: strategy.all_reduce(tensor, reduce_op))
+        device = self.device
+        extra = {} if group is None else {"group": group}
+
+        def reduce(value: Any) -> Any:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                value = torch.tensor(float(value), device=device)
+            if isinstance(value, torch.Tensor):
+                return strategy.all_reduce(value, op, **extra)  # type: ignore[arg-type]
+            return value
+
+        if isinstance(data, (int, float, torch.Tensor)):
+            return reduce(data)
+        return map_tensors(numbers_to_tensors(data, device), reduce)
 
     def all_reduce_bool(self, flag: bool, mode: str = "any") -> bool:
         """Reduce a boolean across ranks (``"any"`` or ``"all"``) so every rank takes the same decision."""
@@ -547,16 +568,27 @@ class Fabric:
         rank = self.local_rank if local else self.global_rank
         if rank != 0:
             self.barrier("rank_zero_first")
-        yield
-        if rank == 0:
+            yield
+            return
+        try:
+            yield
+        finally:
+            # Also when rank 0 fails: the others must not wait at the barrier until the timeout.
             self.barrier("rank_zero_first")
 
     @staticmethod
-    def seed_everything(seed: int | None = None, workers: bool = False) -> int:
-        """Seed python, numpy (if installed) and torch; returns the seed used."""
+    def seed_everything(seed: int | None = None, workers: bool | None = None, verbose: bool = True) -> int:
+        """Seed python, numpy (if installed) and torch, and dataloader workers unless ``workers=False``.
+
+        Returns:
+            The seed used (a random one when ``seed`` is None, printed if ``verbose``).
+        """
         from treadle.seed import seed_everything
 
-        return seed_everything(seed, workers=workers)
+        chosen = seed_everything(seed, workers=True if workers is None else workers)
+        if seed is None and verbose:
+            print(f"seed_everything: using seed {chosen}")
+        return chosen
 
     # --- logging ------------------------------------------------------------------------------------------
     def log(self, name: str, value: Any, step: int | None = None) -> None:
@@ -571,7 +603,7 @@ class Fabric:
         """Send several metrics to every logger (on global rank 0)."""
         if not self._loggers or not self.is_global_zero:
             return
-        numbers = {name: _to_number(name, value) for name, value in metrics.items()}
+        numbers = {name: metric_value(name, value) for name, value in metrics.items()}
         for logger in self._loggers:
             logger.log_metrics(numbers, step=step)
 
@@ -605,9 +637,21 @@ class Fabric:
         )
 
     def load_raw(
-        self, path: str | os.PathLike[str], obj: nn.Module | torch.optim.Optimizer, strict: bool = True
+        self,
+        path: str | os.PathLike[str],
+        obj: nn.Module | torch.optim.Optimizer,
+        strict: bool = True,
+        weights_only: bool = True,
     ) -> None:
-        """Load a bare state dict (``torch.save(model.state_dict())``) into a module or optimizer."""
+        """Load a bare state dict (``torch.save(model.state_dict())``) into a module or optimizer.
+
+        Only ``weights_only=True`` is supported: a bare state dict holds nothing else.
+        """
+        if not weights_only:
+            raise ValueError(
+                "Fabric.load_raw(weights_only=False): a bare state dict holds only tensors and plain values, "
+                "so it always loads with weights_only=True. Use fabric.load() for checkpoints with other objects."
+            )
         from treadle.checkpoint import load_raw
 
         if isinstance(obj, FabricModule):
@@ -621,28 +665,3 @@ class Fabric:
             f"Fabric(accelerator={self._accelerator.name!r}, strategy={self._strategy!r}, "
             f"precision={self._precision.name!r}, world_size={self.world_size})"
         )
-
-
-def _parse_loggers(loggers: Any) -> list[Any]:
-    if loggers is None:
-        return []
-    items: Iterable[Any] = loggers if isinstance(loggers, (list, tuple)) else [loggers]
-    parsed = list(items)
-    for position, logger in enumerate(parsed):
-        if not callable(getattr(logger, "log_metrics", None)):
-            raise TypeError(
-                f"Fabric(loggers=...) item {position} ({type(logger).__name__}) is not a logger: it has no "
-                "log_metrics(metrics, step) method. Use treadle.loggers.CSVLogger or TensorBoardLogger."
-            )
-    return parsed
-
-
-def _to_number(name: str, value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise ValueError(
-                f"Fabric.log({name!r}, ...) got a tensor of shape {tuple(value.shape)}; only single numbers "
-                "can be logged. Reduce it first, e.g. value.mean()."
-            )
-        return value.item()
-    return value

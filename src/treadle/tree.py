@@ -32,12 +32,15 @@ def map_tensors(data: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
     if isinstance(data, (list, tuple)):
         return type(data)(map_tensors(value, fn) for value in data)
     if dataclasses.is_dataclass(data) and not isinstance(data, type):
-        changes = {
-            field.name: map_tensors(getattr(data, field.name), fn)
-            for field in dataclasses.fields(data)
-            if field.init
-        }
-        return dataclasses.replace(data, **changes)
+        fields = dataclasses.fields(data)
+        changes = {field.name: map_tensors(getattr(data, field.name), fn) for field in fields if field.init}
+        result = dataclasses.replace(data, **changes)
+        # replace() runs __post_init__, which would recompute fields declared with init=False: set those from
+        # the mapped originals instead (object.__setattr__ also works on frozen dataclasses).
+        for field in fields:
+            if not field.init and hasattr(data, field.name):
+                object.__setattr__(result, field.name, map_tensors(getattr(data, field.name), fn))
+        return result
     if isinstance(data, Sequence) and not isinstance(data, (str, bytes)):
         return [map_tensors(value, fn) for value in data]
     return data
@@ -50,3 +53,14 @@ def move_to_device(data: Any, device: torch.device) -> Any:
         return tensor.to(device, non_blocking=tensor.is_pinned())
 
     return map_tensors(data, move)
+
+
+def numbers_to_tensors(data: Any, device: torch.device) -> Any:
+    """Turn int/float leaves of dicts, lists and tuples into float tensors, so collectives reduce them."""
+    if isinstance(data, (int, float)) and not isinstance(data, bool):
+        return torch.tensor(float(data), device=device)
+    if isinstance(data, dict):
+        return {key: numbers_to_tensors(value, device) for key, value in data.items()}
+    if isinstance(data, (list, tuple)) and not hasattr(data, "_fields"):
+        return type(data)(numbers_to_tensors(value, device) for value in data)
+    return data

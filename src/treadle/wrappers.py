@@ -40,6 +40,9 @@ class FabricModule(nn.Module):
     def __init__(self, forward_module: nn.Module, original_module: nn.Module, precision: Precision) -> None:
         super().__init__()
         self._forward_module = forward_module
+        # A plain attribute too: reading a registered submodule goes through nn.Module.__getattr__, which
+        # costs about a microsecond on every forward.
+        object.__setattr__(self, "_run", forward_module)
         # Not a registered submodule: registering it twice would duplicate parameters in .parameters().
         object.__setattr__(self, "_original_module", original_module)
         object.__setattr__(self, "_precision", precision)
@@ -59,11 +62,11 @@ class FabricModule(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self._plain_precision:  # 32-true: nothing to cast or enter, keep the step free of overhead
-            return self._forward_module(*args, **kwargs)
+            return self._run(*args, **kwargs)
         precision = self._precision
         args, kwargs = precision.convert_input((args, kwargs))
         with precision.forward_context():
-            output = self._forward_module(*args, **kwargs)
+            output = self._run(*args, **kwargs)
         return precision.convert_output(output)
 
     def state_dict(self, *args: Any, **kwargs: Any) -> Any:
@@ -210,8 +213,18 @@ class FabricOptimizer(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         self.optimizer.add_param_group(param_group)
 
+    # Optimizer's own pickling keeps only defaults/state/param_groups; the wrapper's state is its __dict__.
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.__dict__["_optimizer"], name)
+        optimizer = self.__dict__.get("_optimizer")
+        if optimizer is None or name.startswith("__"):  # copy/pickle probe dunders before __dict__ is filled
+            raise AttributeError(name)
+        return getattr(optimizer, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
         # LR schedulers patch `step` onto the instance; keep that on the wrapper, send the rest through.
@@ -269,3 +282,17 @@ class FabricDataLoader:
 
     def __repr__(self) -> str:
         return f"FabricDataLoader({self._dataloader!r}, device={self._device})"
+
+
+def check_unwrapped(obj: object, position: int, wrapper: type, expected: type, method: str) -> None:
+    """Raise if ``obj``, argument ``position`` of ``Fabric.<method>()``, is already set up or of the wrong type."""
+    if isinstance(obj, wrapper):
+        raise ValueError(
+            f"Fabric.{method}() got an object at position {position} that is already set up. "
+            "Set up each object once and keep using what setup returned."
+        )
+    if not isinstance(obj, expected):
+        raise TypeError(
+            f"Fabric.{method}() got {type(obj).__name__} at position {position}; it takes "
+            f"{expected.__module__}.{expected.__qualname__} instances."
+        )

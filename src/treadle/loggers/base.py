@@ -307,3 +307,34 @@ def params_to_dict(params: Mapping[str, Any] | argparse.Namespace, where: str) -
         f"{where}(params={params!r}) must be a Mapping or an argparse.Namespace, got "
         f"{type(params).__name__}. Pass a dict, e.g. {{'lr': 1e-3}}, or dataclasses.asdict(config)."
     )
+
+
+def parse_loggers(loggers: Any) -> list[Any]:
+    """Turn ``Fabric(loggers=...)`` (None, one logger, or a list/tuple of them) into a list, checking each."""
+    if loggers is None:
+        return []
+    parsed = list(loggers) if isinstance(loggers, (list, tuple)) else [loggers]
+    for position, logger in enumerate(parsed):
+        if not callable(getattr(logger, "log_metrics", None)):
+            raise TypeError(
+                f"Fabric(loggers=...) item {position} ({type(logger).__name__}) is not a logger: it has no "
+                "log_metrics(metrics, step) method. Use treadle.loggers.CSVLogger or TensorBoardLogger."
+            )
+    return parsed
+
+
+def metric_value(name: str, value: Any) -> Any:
+    """A logged value as a plain number: 0-d and one-element tensors become Python numbers.
+
+    Raises:
+        ValueError: ``value`` is a tensor with more than one element.
+    """
+    # Duck-typed so that this module does not import torch.
+    if hasattr(value, "numel") and hasattr(value, "item"):
+        if value.numel() != 1:
+            raise ValueError(
+                f"Fabric.log({name!r}, ...) got a tensor of shape {tuple(value.shape)}; only single numbers "
+                "can be logged. Reduce it first, e.g. value.mean()."
+            )
+        return value.item()
+    return value

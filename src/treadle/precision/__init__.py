@@ -43,7 +43,8 @@ def parse_precision(precision: object, device_type: str) -> Precision:
         return precision
     if precision is None:
         precision = "32-true"
-    name = _ALIASES.get(precision, precision) if not isinstance(precision, bool) else precision
+    # Only exact strs and ints are names: bools, floats (16.0 == 16) and unhashable values are rejected.
+    name = _ALIASES.get(precision, precision) if type(precision) in (str, int) else None
     if not isinstance(name, str) or name not in PRECISIONS:
         choices = ", ".join(repr(key) for key in [*PRECISIONS, *_ALIASES])
         raise ValueError(

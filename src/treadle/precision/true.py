@@ -43,9 +43,10 @@ class TruePrecision(Precision):
         return map_tensors(data, self._cast)
 
     def convert_output(self, data: Any) -> Any:
-        # The loss is computed by the user outside forward; handing back the model's dtype keeps it consistent
-        # with a hand-written `model.to(dtype)` loop.
-        return data
+        # Outputs leave the model in the default dtype (float32), as Lightning Fabric does, so a ported loop
+        # computes its loss in the same precision it did there.
+        default = torch.get_default_dtype()
+        return map_tensors(data, lambda t: t.to(default) if torch.is_floating_point(t) else t)
 
     def _cast(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor.to(self.dtype) if torch.is_floating_point(tensor) else tensor

@@ -48,6 +48,11 @@ class Strategy:
         num_nodes: int,
         environment: ProcessEnvironment,
     ) -> None:
+        if self.accelerator is not None:
+            raise ValueError(
+                f"This {type(self).__name__} already belongs to another Fabric; a strategy holds one run's "
+                f"device, precision and processes. Create a new one per Fabric, e.g. Fabric(strategy={type(self).__name__}())."
+            )
         self.accelerator = accelerator
         self.precision = precision
         self.device_indices = device_indices
@@ -62,6 +67,12 @@ class Strategy:
                 f"Fabric(strategy={self.name!r}) runs a single process, but the launcher started "
                 f"{self.environment.world_size} (WORLD_SIZE={self.environment.world_size}). Use strategy='ddp', "
                 "'fsdp' or 'auto', or start one process."
+            )
+        requested = len(self.device_indices) * self.num_nodes
+        if requested > 1:
+            raise ValueError(
+                f"Fabric(strategy={self.name!r}) runs one process on one device, but devices={len(self.device_indices)} "
+                f"and num_nodes={self.num_nodes} ask for {requested}. Use strategy='ddp' (or 'auto'), or devices=1."
             )
 
     # --- where this process is -------------------------------------------------------------------------

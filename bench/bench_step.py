@@ -5,7 +5,7 @@ the library shows. Both loops run in alternating chunks and the best chunk of ea
 cancels most of the noise of a shared machine. Target: treadle >= 0.97x the raw loop's steps/s.
 
     python bench/bench_step.py                 # cpu, 32-true and bf16-mixed (cuda too when available)
-    python bench/bench_step.py --devices cpu --steps 300 --rounds 15
+    python bench/bench_step.py --devices cpu --rounds 15
 """
 
 from __future__ import annotations

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import collections
+import collections.abc
+import copy
 import enum
 import functools
 import inspect
+import pickle
 import types
 import warnings
-from typing import Any
+from typing import Any, overload
 
 import pytest
 
-from treadle.callbacks import Callback, CallbackDispatcher, rank_zero_only
+from treadle.callbacks import Callback, CallbackDispatcher, HookRegistry, rank_zero_only
 from treadle.callbacks import dispatch as dispatch_module
 
 
@@ -795,6 +799,40 @@ def test_accepts_none_one_object_a_list_or_a_tuple() -> None:
     assert CallbackDispatcher((one, one)).callbacks == (one, one)
 
 
+class Shelf(collections.abc.Sequence[object]):
+    """A Sequence that is neither a list nor a tuple."""
+
+    def __init__(self, *items: object) -> None:
+        self._items = items
+
+    @overload
+    def __getitem__(self, index: int) -> object: ...
+    @overload
+    def __getitem__(self, index: slice) -> collections.abc.Sequence[object]: ...
+    def __getitem__(self, index: int | slice) -> object:
+        return self._items[index]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+@pytest.mark.parametrize("container", [collections.deque, lambda *items: Shelf(*items)])
+def test_any_sequence_of_callbacks_is_unpacked_in_order(container: Any) -> None:
+    log: list[Any] = []
+    first, second = Recorder("a", log), Recorder("b", log)
+    callbacks = container([first, second]) if container is collections.deque else container(first, second)
+    dispatcher = CallbackDispatcher(callbacks)
+    assert dispatcher.callbacks == (first, second)
+    assert dispatcher.call("on_x") == ["a", "b"]
+
+
+def test_a_bad_item_in_another_sequence_is_named_by_position() -> None:
+    with pytest.raises(TypeError, match=r"callbacks\[1\]=None is not a callback"):
+        CallbackDispatcher(collections.deque([EveryRank(), None]))
+    with pytest.raises(TypeError, match=r"callbacks\[0\] is a deque: pass a flat list"):
+        CallbackDispatcher([collections.deque([EveryRank()])])
+
+
 @pytest.mark.parametrize(
     ("bad", "match"),
     [
@@ -806,7 +844,12 @@ def test_accepts_none_one_object_a_list_or_a_tuple() -> None:
         ([EveryRank(), None], r"callbacks\[1\]=None is not a callback"),
         ([[EveryRank()]], r"callbacks\[0\] is a list"),
         ({EveryRank()}, "order is undefined"),
+        (frozenset({EveryRank()}), "order is undefined"),
+        ({"a": EveryRank()}.keys(), "order is undefined"),
+        ({"a": EveryRank()}.values(), r"is a dict view. Pass a list: callbacks=list\(...\)"),
         ((cb for cb in [EveryRank()]), "is an iterator"),
+        (iter([EveryRank()]), "is an iterator"),
+        (bytearray(b"x"), "is a bytearray, not a callback object"),
     ],
 )
 def test_bad_callbacks_values_are_type_errors(bad: Any, match: str) -> None:
@@ -818,6 +861,8 @@ def test_add_rejects_lists_and_non_callbacks() -> None:
     dispatcher = CallbackDispatcher()
     with pytest.raises(TypeError, match=r"add\(callback\) takes one callback"):
         dispatcher.add([EveryRank()])
+    with pytest.raises(TypeError, match=r"add\(callback\) takes one callback, got a deque of 1"):
+        dispatcher.add(collections.deque([EveryRank()]))
     with pytest.raises(TypeError, match="callback=None"):
         dispatcher.add(None)
     with pytest.raises(TypeError, match="is a class"):
@@ -837,3 +882,92 @@ def test_remove_is_by_identity_and_reports_an_absent_callback() -> None:
         dispatcher.remove(second)
     dispatcher.remove(first)
     assert dispatcher.callbacks == ()
+
+
+# Pickling and copying (strategy="ddp_spawn" pickles the Fabric and so its dispatcher)
+
+
+class Scaled:
+    """A picklable callback: module level, plain attributes."""
+
+    def __init__(self, factor: int) -> None:
+        self.factor = factor
+
+    def on_x(self, value: int, scale: int = 1) -> int:
+        return value * self.factor * scale
+
+    def on_my_event(self) -> str:
+        return f"event {self.factor}"
+
+
+class ScaledOnRankZero(Scaled):
+    rank_zero_only = True
+
+
+def tag_wrapper(callback: object, hook: str, method: Any) -> Any:
+    """A picklable method wrapper: tags every return value."""
+    return functools.partial(_tagged, method)
+
+
+def _tagged(method: Any, *args: Any, **kwargs: Any) -> Any:
+    return ("tagged", method(*args, **kwargs))
+
+
+def used_dispatcher(**kwargs: Any) -> CallbackDispatcher:
+    """A dispatcher whose plans are built: several hooks, shapes and a bind error were planned."""
+    registry = HookRegistry()
+    for name in ("on_x", "on_my_event"):
+        registry.register(name)
+    dispatcher = CallbackDispatcher(
+        [Scaled(2), ScaledOnRankZero(5), Scaled(3)], strict_hooks=True, registry=registry, **kwargs
+    )
+    expected = [2, 3] if kwargs.get("global_rank") else [2, 5, 3]
+    assert dispatcher.call("on_x", 1, trainer=None) == expected
+    dispatcher.call("on_x", 1, scale=2)
+    dispatcher.call("on_my_event")
+    dispatcher.call("on_unused")
+    with pytest.raises(TypeError, match="requires `value`"):
+        dispatcher.call("on_x")
+    return dispatcher
+
+
+def test_a_used_dispatcher_pickles_and_the_copy_dispatches_the_same() -> None:
+    dispatcher = used_dispatcher(global_rank=1)
+    clone = pickle.loads(pickle.dumps(dispatcher))
+    assert [type(cb) for cb in clone.callbacks] == [Scaled, ScaledOnRankZero, Scaled]
+    assert clone.call("on_x", 1, scale=2) == [4, 6]  # still rank 1: the rank-zero-only callback is skipped
+    assert clone.call("on_x", value=1) == [2, 3]
+    assert clone.call("on_my_event") == ["event 2", "event 3"]
+    assert "on_my_event" in clone.registry and "on_unused" in clone.registry
+    clone.set_global_rank(0)
+    assert clone.call("on_x", 1) == [2, 5, 3]
+    with pytest.raises(ValueError, match="on_my_evnt"):  # strict_hooks is kept
+        clone.add(type("Late", (), {"on_my_evnt": lambda self: None})())
+
+
+def test_a_pickled_dispatcher_keeps_its_wrapper() -> None:
+    dispatcher = CallbackDispatcher([Scaled(2)])
+    dispatcher.wrap_methods(tag_wrapper)
+    assert dispatcher.call("on_x", 1) == [("tagged", 2)]
+    assert pickle.loads(pickle.dumps(dispatcher)).call("on_x", 1) == [("tagged", 2)]
+
+
+def test_a_deep_copy_calls_its_own_callbacks_not_the_originals() -> None:
+    dispatcher = used_dispatcher()
+    clone = copy.deepcopy(dispatcher)
+    assert all(mine is not theirs for mine, theirs in zip(clone.callbacks, dispatcher.callbacks, strict=True))
+    clone.callbacks[0].factor = 10
+    assert clone.call("on_x", 1, scale=2) == [20, 10, 6]
+    assert dispatcher.call("on_x", 1, scale=2) == [4, 10, 6]
+    clone.remove(clone.callbacks[1])
+    assert clone.call("on_x", 1, scale=2) == [20, 6]
+    assert len(dispatcher.callbacks) == 3
+
+
+def test_a_shallow_copy_shares_the_callbacks_but_not_the_list() -> None:
+    dispatcher = used_dispatcher()
+    clone = copy.copy(dispatcher)
+    assert clone.callbacks == dispatcher.callbacks
+    clone.add(Scaled(7))
+    assert clone.call("on_x", 1) == [2, 5, 3, 7]
+    assert dispatcher.call("on_x", 1) == [2, 5, 3]

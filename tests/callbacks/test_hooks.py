@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import pickle
 import warnings
 from typing import Any
 
@@ -115,8 +116,8 @@ def test_a_close_misspelling_warns_once_per_class_and_method() -> None:
     assert len(record) == 1
     assert str(record[0].message) == (
         "`Typo.on_train_batch_ned` looks like a misspelling of `on_train_batch_end`; it will never be "
-        "called. Rename it, or declare it with fabric.register_hook('on_train_batch_ned') if it is your own "
-        "hook."
+        "called. Rename it, or if it is your own hook, declare it with Fabric(hooks=['on_train_batch_ned']) "
+        "or fabric.register_hook('on_train_batch_ned') before add_callback."
     )
     assert record[0].filename == __file__  # points at the caller, not into treadle
 
@@ -158,6 +159,67 @@ def test_names_far_from_every_hook_are_accepted_silently(name: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         HookRegistry().check_callback(callback_class(), strict=False)
+
+
+# Hooks of other loops: a whole word swapped for one of another meaning names another hook on purpose.
+OTHER_LOOP_HOOKS = [
+    "on_test_batch_end",
+    "on_test_batch_start",
+    "on_test_epoch_start",
+    "on_test_epoch_end",
+    "on_test_start",
+    "on_test_end",
+    "on_predict_batch_end",
+    "on_predict_epoch_start",
+    "on_predict_epoch_end",
+    "on_predict_end",
+    "on_sanity_check_start",
+    "on_sanity_check_end",
+    "on_eval_epoch_end",
+    "on_test_step_end",
+    "on_after_zero_grad",
+    "on_before_forward",
+]
+
+
+@pytest.mark.parametrize("name", OTHER_LOOP_HOOKS)
+def test_hooks_that_swap_a_whole_phase_or_moment_word_are_accepted_silently(name: str) -> None:
+    callback_class = type("OtherLoop", (), {name: lambda self: None})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        HookRegistry().check_callback(callback_class(), strict=False)
+
+
+@pytest.mark.parametrize(
+    ("name", "meant"),
+    [
+        ("on_train_batch_ned", "on_train_batch_end"),  # one word misspelled
+        ("on_trian_batch_end", "on_train_batch_end"),
+        ("on_vaildation_end", "on_validation_end"),
+        ("on_train_epoch_edn", "on_train_epoch_end"),
+        ("on_epoch_end", "on_train_epoch_end"),  # an old name, one word short
+        ("on_batch_end", "on_train_batch_end"),
+        ("on_val_batch_end", "on_validation_batch_end"),  # a synonym, not another phase
+        ("on_training_epoch_end", "on_train_epoch_end"),
+        # A swapped phase and a misspelled word: the suggestion keeps the phase the user chose.
+        ("on_test_batch_ned", "on_test_batch_end"),
+        ("on_predict_epoch_ned", "on_predict_epoch_end"),
+        ("on_test_bacth_end", "on_test_batch_end"),
+    ],
+)
+def test_misspelled_words_are_still_reported(name: str, meant: str) -> None:
+    callback_class = type("Misspelled", (), {name: lambda self: None})
+    with pytest.warns(UserWarning, match=f"`Misspelled.{name}` looks like a misspelling of `{meant}`"):
+        HookRegistry().check_callback(callback_class(), strict=False)
+
+
+def test_other_loop_hooks_are_still_unknown_under_strict_hooks() -> None:
+    class TestLoop:
+        def on_test_batch_end(self) -> None:
+            pass
+
+    with pytest.raises(ValueError, match=r"`on_test_batch_end`\. strict_hooks=True"):
+        HookRegistry().check_callback(TestLoop(), strict=True)
 
 
 def test_non_methods_and_private_names_are_not_checked() -> None:
@@ -210,7 +272,11 @@ def test_strict_raises_for_every_unknown_method_with_close_matches_and_the_fix()
     assert "Callback `Unknown`" in message
     assert "`on_train_batch_ned` (did you mean `on_train_batch_end`, `on_train_batch_start`?)" in message
     assert "`on_my_event`" in message
-    assert "register_hook(" in message and "Rename" in message
+    # Callbacks given to the Fabric constructor are checked before any register_hook() call can run.
+    assert message.endswith(
+        "Rename each misspelled method, or declare your own hook with Fabric(hooks=['on_my_event']) or "
+        "fabric.register_hook('on_my_event') before add_callback."
+    )
 
 
 def test_registered_and_called_names_count_as_known() -> None:
@@ -284,6 +350,45 @@ def test_a_shared_registry_is_used_as_given() -> None:
     registry = HookRegistry()
     registry.register("on_plot")
     assert CallbackDispatcher(registry=registry).registry is registry
+
+
+def test_names_registered_before_construction_are_known_to_the_constructors_callbacks() -> None:
+    # What Fabric(hooks=[...]) does: register the names, then build the dispatcher with its callbacks.
+    class Own:
+        def on_my_event(self, value: int) -> int:
+            return value + 1
+
+        def on_plot(self) -> str:
+            return "plot"
+
+    registry = HookRegistry()
+    for name in ("on_my_event", "on_plot"):
+        registry.register(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dispatcher = CallbackDispatcher([Own()], strict_hooks=True, registry=registry)
+    assert dispatcher.call("on_my_event", 1) == [2]
+    assert dispatcher.call("on_plot") == ["plot"]
+    with pytest.raises(ValueError, match=r"Fabric\(hooks=\['on_my_event'\]\)"):
+        CallbackDispatcher([Own()], strict_hooks=True)  # without them: the message names the fix
+
+
+def test_warned_classes_are_kept_by_name_so_the_registry_pickles() -> None:
+    def local_class() -> type:
+        class Local:
+            def on_train_batch_ned(self) -> None:
+                pass
+
+        return Local
+
+    registry = HookRegistry()
+    with pytest.warns(UserWarning):
+        registry.check_callback(local_class()(), strict=False)
+    copy = pickle.loads(pickle.dumps(registry))
+    assert copy.names == registry.names
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        copy.check_callback(local_class()(), strict=False)  # warned once, in the copy too
 
 
 # rank_zero_only

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import collections.abc
 import types
-from typing import Any
+from typing import Any, TypeGuard
 
 from treadle.callbacks.codegen import Plan, is_identifier
 from treadle.callbacks.codegen import add_note as add_note  # re-exported: the trainer notes its errors too
@@ -35,14 +35,19 @@ class CallbackDispatcher:
     for how arguments are delivered and errors reported.
 
     Args:
-        callbacks: None, one callback object, or a list or tuple of them. The list is copied.
+        callbacks: None, one callback object, or a sequence of them (a list, tuple, deque, ...; not a set or
+            an iterator, whose order is undefined or used up). The sequence is copied.
         strict_hooks: make every unknown ``on_*`` method an error instead of warning about likely typos.
         global_rank: this process's global rank, for rank-zero-only callbacks (see `set_global_rank`).
         registry: the known hook names to check callbacks against; a new `HookRegistry` by default.
 
     Raises:
-        TypeError: `callbacks` is a string, dict, class or another value that is not a callback.
+        TypeError: `callbacks` is a string, dict, set, iterator, class or another value that is not a
+            callback.
         ValueError: `strict_hooks` is true and a callback has an unknown ``on_*`` method.
+
+    A dispatcher can be pickled and deep-copied (``strategy="ddp_spawn"`` sends it to each new process) when
+    its callbacks and wrapper can: the compiled plans are left out and rebuilt on the copy's first calls.
 
     Example:
         >>> class Printer:
@@ -74,8 +79,21 @@ class CallbackDispatcher:
         self._by_hook_key: dict[str, tuple[str, int, tuple[str, ...]]] = {}
         self._rebuild_depth = 0
         for position, callback in enumerate(_as_callback_list(callbacks)):
-            self._validate(callback, f"callbacks[{position}]" if isinstance(callbacks, (list, tuple)) else "")
+            self._validate(callback, f"callbacks[{position}]" if _is_callback_sequence(callbacks) else "")
             self._callbacks.append(callback)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Plans are functions compiled with exec, which pickle cannot send, and they hold this dispatcher's
+        # callbacks, which a deep copy must not keep calling: the copy starts with none.
+        state = self.__dict__.copy()
+        state["_callbacks"] = list(self._callbacks)  # a shallow copy gets its own list to add to
+        for cache in ("_plans", "_by_hook", "_by_hook_key"):
+            state[cache] = {}
+        state["_rebuild_depth"] = 0
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
 
     @property
     def callbacks(self) -> tuple[object, ...]:
@@ -86,14 +104,14 @@ class CallbackDispatcher:
         """Register one more callback; it runs after the existing ones.
 
         Raises:
-            TypeError: `callback` is a list, string, dict, class or None.
+            TypeError: `callback` is a list or another sequence, a string, dict, class or None.
             ValueError: `strict_hooks` is true and the callback has an unknown ``on_*`` method.
 
         Example:
             >>> dispatcher = CallbackDispatcher()
             >>> dispatcher.add(object())
         """
-        if isinstance(callback, (list, tuple)):
+        if _is_callback_sequence(callback):
             raise TypeError(
                 f"add(callback) takes one callback, got a {type(callback).__name__} of "
                 f"{len(callback)}. Call add() once per callback."
@@ -278,18 +296,25 @@ def _checked_rank(rank: object) -> int:
     return rank
 
 
+def _is_callback_sequence(value: object) -> TypeGuard[collections.abc.Sequence[object]]:
+    # A str is a sequence too, of characters: it is rejected as a callback value instead.
+    return isinstance(value, collections.abc.Sequence) and not isinstance(value, (str, bytes, bytearray))
+
+
 def _as_callback_list(callbacks: object) -> list[object]:
     if callbacks is None:
         return []
-    if isinstance(callbacks, (list, tuple)):
+    if _is_callback_sequence(callbacks):
         return list(callbacks)
-    if isinstance(callbacks, (set, frozenset)):
+    if isinstance(callbacks, collections.abc.Set):  # also dict.keys() and dict.items()
         raise TypeError(
             f"callbacks={callbacks!r} is a {type(callbacks).__name__}, whose order is undefined. "
             f"Pass a list: callbacks run in list order."
         )
     if isinstance(callbacks, (types.GeneratorType, collections.abc.Iterator)):
         raise TypeError(f"callbacks={callbacks!r} is an iterator. Pass a list: callbacks=list(...).")
+    if isinstance(callbacks, collections.abc.ValuesView):
+        raise TypeError(f"callbacks={callbacks!r} is a dict view. Pass a list: callbacks=list(...).")
     return [callbacks]
 
 
@@ -312,5 +337,5 @@ def _check_callback_value(value: object, where: str) -> None:
             f"{label}={value.__qualname__} is a class, not a callback instance. Instantiate it: "
             f"callbacks=[{value.__qualname__}()]."
         )
-    if where.startswith("callbacks[") and isinstance(value, (list, tuple)):
+    if where.startswith("callbacks[") and _is_callback_sequence(value):
         raise TypeError(f"{label} is a {type(value).__name__}: pass a flat list of callbacks.")

@@ -62,10 +62,48 @@ KNOWN_HOOKS: frozenset[str] = frozenset(FABRIC_HOOKS + TRAINER_HOOKS)
 # Attribute set on functions decorated with `rank_zero_only`; the dispatcher reads it when it plans a call.
 RANK_ZERO_ONLY_MARK = "_treadle_rank_zero_only"
 
-# Names are compared without the shared "on_" prefix: with it, every pair of hooks already looks alike,
-# and invented hooks such as `on_test_end` would be reported as misspellings of `on_fit_end`. At 0.75 a
-# one- or two-letter typo and old names such as `on_epoch_end` are caught; `on_test_start` is not.
+# Names are compared without the shared "on_" prefix: with it, every pair of hooks already looks alike.
+# At 0.75 a one- or two-letter typo and old names such as `on_epoch_end` are caught.
 _TYPO_CUTOFF = 0.75
+# For single words: a swapped or repeated letter in a three-letter word (`ned`, `edn` for `end`) scores 0.67.
+_WORD_TYPO_CUTOFF = 0.6
+
+# Correctly spelled words of hook names, grouped by meaning. Character similarity alone reports
+# `on_test_batch_end` as a misspelling of `on_train_batch_end`, yet swapping a whole word for another
+# meaning names a different hook on purpose (the user's test loop fires it). So two names with the same
+# number of words that differ only in such words, each pair meaning different things, are not a typo.
+# Synonyms share a meaning (`val` for `validation`, `training` for `train`): the user most likely meant the
+# built-in hook, so those are still compared by spelling and reported.
+_SYNONYMS: tuple[tuple[str, ...], ...] = (
+    # phases of a run
+    ("fit",),
+    ("train", "training"),
+    ("validation", "validate", "val"),
+    ("test", "testing"),
+    ("predict", "prediction"),
+    ("eval", "evaluation", "evaluate"),
+    ("sanity",),
+    ("check",),
+    # units and moments
+    ("epoch", "epochs"),
+    ("batch", "batches"),
+    ("step", "steps"),
+    ("start",),
+    ("end",),
+    ("before",),
+    ("after",),
+    # the other words of built-in hooks, and their neighbours
+    ("setup",),
+    ("teardown",),
+    ("forward",),
+    ("backward",),
+    ("optimizer",),
+    ("scheduler",),
+    ("save",),
+    ("load",),
+    ("checkpoint",),
+)
+_HOOK_WORDS: dict[str, int] = {word: meaning for meaning, words in enumerate(_SYNONYMS) for word in words}
 
 _T = TypeVar("_T")
 
@@ -102,8 +140,9 @@ class HookRegistry:
     def __init__(self) -> None:
         self._names: set[str] = set(KNOWN_HOOKS)
         # One warning per (class, method) for the lifetime of this registry, however many instances of the
-        # class are registered.
-        self._warned: set[tuple[type, str]] = set()
+        # class are registered. Classes are kept by name, so that the registry pickles (ddp_spawn) even
+        # when a warned class cannot be.
+        self._warned: set[tuple[str, str, str]] = set()
 
     @property
     def names(self) -> frozenset[str]:
@@ -149,8 +188,10 @@ class HookRegistry:
     def check_callback(self, callback: object, *, strict: bool) -> None:
         """Report the callback's ``on_*`` methods that match no known hook.
 
-        A method whose name is close to a known hook gets one `UserWarning` per (class, method): it is
-        almost certainly a misspelling and would never run. Other unknown names are accepted (they may be
+        A method whose name is close in spelling to a known hook gets one `UserWarning` per (class,
+        method): it is almost certainly a misspelling and would never run. Swapping whole words for words of
+        another meaning is not a misspelling: ``on_test_batch_end`` is not reported as ``on_train_batch_end``,
+        while ``on_train_batch_ned`` and ``on_val_batch_end`` are. Other unknown names are accepted (they may be
         hooks the user fires with `call`) unless `strict` is true.
 
         Args:
@@ -179,24 +220,79 @@ class HookRegistry:
             raise ValueError(
                 f"Callback `{cls.__name__}` defines `on_*` methods that are not known hooks: {', '.join(described)}. "
                 f"strict_hooks=True makes unknown `on_*` methods an error. Rename each misspelled method, or "
-                f"declare your own hook with fabric.register_hook('{unknown[0]}') before adding the callback."
+                f"declare your own hook with Fabric(hooks=['{unknown[0]}']) or "
+                f"fabric.register_hook('{unknown[0]}') before add_callback."
             )
         for name in unknown:
             close = self._close_matches(name)
-            if not close or (cls, name) in self._warned:
+            warned = (cls.__module__, cls.__qualname__, name)
+            if not close or warned in self._warned:
                 continue
-            self._warned.add((cls, name))
+            self._warned.add(warned)
             warnings.warn(
                 f"`{cls.__name__}.{name}` looks like a misspelling of `{close[0]}`; it will never be called. "
-                f"Rename it, or declare it with fabric.register_hook('{name}') if it is your own hook.",
+                f"Rename it, or if it is your own hook, declare it with Fabric(hooks=['{name}']) or "
+                f"fabric.register_hook('{name}') before add_callback.",
                 UserWarning,
                 stacklevel=caller_stacklevel(),
             )
 
     def _close_matches(self, name: str) -> list[str]:
-        by_stem = {known[3:]: known for known in self._names if known.startswith("on_")}
-        stems = difflib.get_close_matches(name[3:], sorted(by_stem), n=3, cutoff=_TYPO_CUTOFF)
-        return [by_stem[stem] for stem in stems]
+        known = sorted(self._names)
+        # A misspelled word next to a swapped one (`on_test_batch_ned`): suggest the name the user meant.
+        corrected = [fixed for other in known if (fixed := _respelled(name, other)) is not None]
+        by_stem = {
+            other[3:]: other
+            for other in known
+            if other.startswith("on_") and not _is_word_substitution(name, other)
+        }
+        stems = difflib.get_close_matches(name[3:], list(by_stem), n=3, cutoff=_TYPO_CUTOFF)
+        return list(dict.fromkeys([*corrected, *(by_stem[stem] for stem in stems)]))[:3]
+
+
+def _word_pairs(name: str, known: str) -> list[tuple[str, str]] | None:
+    """The words of `name` and `known` side by side, or None when their word counts differ."""
+    words, known_words = name.split("_"), known.split("_")
+    if len(words) != len(known_words):
+        return None
+    return list(zip(words, known_words, strict=True))
+
+
+def _is_swap(word: str, other: str) -> bool:
+    return word in _HOOK_WORDS and other in _HOOK_WORDS and _HOOK_WORDS[word] != _HOOK_WORDS[other]
+
+
+def _is_misspelled(word: str, other: str) -> bool:
+    similarity = difflib.SequenceMatcher(None, word, other).ratio()
+    return word not in _HOOK_WORDS and similarity >= _WORD_TYPO_CUTOFF
+
+
+def _is_word_substitution(name: str, known: str) -> bool:
+    """Whether `name` is `known` with whole words swapped for words of another meaning (see _SYNONYMS)."""
+    pairs = _word_pairs(name, known)
+    differing = [(word, other) for word, other in pairs or () if word != other]
+    return bool(differing) and all(_is_swap(word, other) for word, other in differing)
+
+
+def _respelled(name: str, known: str) -> str | None:
+    """`name` with its misspelled words spelled as in `known`, when it also swaps a word of `known` for one
+    of another meaning and differs in nothing else; otherwise None."""
+    pairs = _word_pairs(name, known)
+    if pairs is None:
+        return None
+    fixed: list[str] = []
+    swapped = misspelled = False
+    for word, other in pairs:
+        if word == other or _is_swap(word, other):
+            swapped |= word != other
+            fixed.append(word)
+        elif _is_misspelled(word, other):
+            misspelled = True
+            fixed.append(other)
+        else:
+            return None
+    # Without a swap, the plain spelling comparison already covers the name.
+    return "_".join(fixed) if swapped and misspelled else None
 
 
 def _hook_method_names(callback: object) -> list[str]:

@@ -2,9 +2,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import math
 import os
+import pickle
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -109,11 +114,12 @@ def test_rows_wait_for_the_cadence_and_save_writes_them(tmp_path: Path) -> None:
     assert not metrics_file(logger).exists()
 
     logger.log_metrics({"loss": 1.0}, step=2)
-    # The newest row stays buffered: the next call may add metrics for step 2.
-    assert read_csv_metrics(metrics_file(logger)) == {"loss": [(0, 3.0), (1, 2.0)]}
-
-    logger.save()
     assert read_csv_metrics(metrics_file(logger)) == {"loss": [(0, 3.0), (1, 2.0), (2, 1.0)]}
+
+    logger.log_metrics({"loss": 0.5}, step=3)
+    assert read_csv_metrics(metrics_file(logger))["loss"][-1] == (2, 1.0)
+    logger.save()
+    assert read_csv_metrics(metrics_file(logger))["loss"][-1] == (3, 0.5)
 
 
 def test_calls_with_the_same_step_share_a_row_even_across_a_flush(tmp_path: Path) -> None:
@@ -133,6 +139,89 @@ def test_calls_with_the_same_step_share_a_row_even_across_a_flush(tmp_path: Path
         ",,,0.2",
     ]
     assert read_csv_metrics(metrics_file(logger))["loss"] == [(10, 1.0), (10, 0.5), (None, 0.4)]
+
+
+def test_with_a_cadence_of_1_every_call_is_in_the_file_at_once(tmp_path: Path) -> None:
+    logger = CSVLogger(tmp_path, flush_logs_every_n_steps=1)
+    logger.log_metrics({"loss": 1.0}, step=0)
+    assert metrics_file(logger).read_text() == "step,loss\n0,1.0\n"
+    # Fabric.log sends one metric per call: the step's row is rewritten in place, not duplicated.
+    logger.log_metrics({"lr": 0.1}, step=0)
+    assert metrics_file(logger).read_text() == "step,loss,lr\n0,1.0,0.1\n"
+    logger.log_metrics({"loss": 0.5}, step=1)
+    logger.log_metrics({"lr": 0.05}, step=1)
+    assert metrics_file(logger).read_text() == "step,loss,lr\n0,1.0,0.1\n1,0.5,0.05\n"
+    logger.log_metrics({"acc": 0.75}, step=1)  # a new column and a merge at once
+    logger.log_metrics({"loss": 0.25}, step=1)  # the same metric again: a new row
+    logger.log_metrics({"loss": 0.125})  # no step: never merged
+    logger.log_metrics({"lr": 0.01})
+    assert metrics_file(logger).read_text().splitlines() == [
+        "step,acc,loss,lr",
+        "0,,1.0,0.1",
+        "1,0.75,0.5,0.05",
+        "1,,0.25,",
+        ",,0.125,",
+        ",,,0.01",
+    ]
+    logger.finalize("success")
+    assert metrics_file(logger).read_text().count("\n") == 6
+
+
+def test_a_merge_into_the_written_row_of_a_resumed_file_keeps_earlier_rows(tmp_path: Path) -> None:
+    first = CSVLogger(tmp_path, version="run")
+    first.log_metrics({"loss": 1.0}, step=0)
+    first.finalize("interrupted")
+    resumed = CSVLogger(tmp_path, version="run", flush_logs_every_n_steps=1)
+    resumed.log_metrics({"loss": 0.5}, step=1)
+    resumed.log_metrics({"acc": 0.5}, step=1)
+    resumed.log_metrics({"lr": 0.1}, step=1)
+    assert metrics_file(resumed).read_text() == "step,acc,loss,lr\n0,,1.0,\n1,0.5,0.5,0.1\n"
+
+
+def test_a_collected_logger_writes_what_it_buffered(tmp_path: Path) -> None:
+    logger = CSVLogger(tmp_path)
+    for step in range(3):
+        logger.log_metrics({"loss": float(step)}, step=step)
+    path = metrics_file(logger)
+    assert not path.exists()
+    del logger
+    gc.collect()
+    assert read_csv_metrics(path) == {"loss": [(0, 0.0), (1, 1.0), (2, 2.0)]}
+
+
+def test_a_process_that_exits_without_finalize_writes_every_row(tmp_path: Path) -> None:
+    # The logger stays referenced until the interpreter exits, as in a Fabric loop without finalize().
+    script = textwrap.dedent(
+        f"""
+        from treadle.loggers import CSVLogger
+        logger = CSVLogger({os.fspath(tmp_path)!r}, version=0)
+        for step in range(3):
+            logger.log_metrics({{"loss": step / 4}}, step=step)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    path = tmp_path / "treadle_logs" / "version_0" / "metrics.csv"
+    assert path.read_text() == "step,loss\n0,0.0\n1,0.25\n2,0.5\n"
+
+
+def test_a_pickled_logger_starts_empty_and_rows_are_written_once(tmp_path: Path) -> None:
+    logger = CSVLogger(tmp_path, flush_logs_every_n_steps=10)
+    logger.log_metrics({"loss": 1.0}, step=0)
+    logger.save()
+    logger.log_metrics({"loss": 0.5}, step=1)  # buffered when the logger is copied
+    clone = pickle.loads(pickle.dumps(logger))
+    assert clone.log_dir == logger.log_dir
+    clone.save()
+    assert read_csv_metrics(metrics_file(logger)) == {"loss": [(0, 1.0)]}  # the clone has nothing to write
+    logger.finalize("success")
+    clone.log_metrics({"acc": 0.5}, step=2)  # a new column: the clone reads the header from the file
+    clone.save()
+    path = metrics_file(logger)
+    del clone, logger
+    gc.collect()
+    assert path.read_text() == "step,acc,loss\n0,,1.0\n1,,0.5\n2,0.5,\n"
 
 
 def test_finalize_is_idempotent_and_logging_can_continue(tmp_path: Path) -> None:
@@ -232,6 +321,10 @@ def test_refuses_to_append_to_a_foreign_csv(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"not written by CSVLogger: its first column is 'epoch'.*version="):
         logger.save()
     assert metrics_file(logger).read_text() == "epoch,loss\n0,1.0\n"
+    # The row is still buffered; when the logger is collected, nobody is left to catch the error.
+    with pytest.warns(RuntimeWarning, match=r"CSVLogger could not write its last 1 row\(s\) to .*'epoch'"):
+        del logger
+        gc.collect()
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,11 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import io
 import json
 import os
+import warnings
+import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -43,12 +46,16 @@ class CSVLogger:
     written exactly as Python prints them, so non-finite values read ``nan``, ``inf`` or ``-inf``.
     Consecutive ``log_metrics`` calls with the same step and different metrics are merged into one row.
 
-    Rows are buffered and written every ``flush_logs_every_n_steps`` calls to :meth:`log_metrics` (all but
-    the newest row, which may still gain metrics for its step), and in full on :meth:`save` and
-    :meth:`finalize`. When a metric appears that the file has no column for, the file is
+    Rows are buffered and written every ``flush_logs_every_n_steps`` calls to :meth:`log_metrics` (with 1,
+    every call writes at once), on :meth:`save` and :meth:`finalize`, and when the logger is garbage
+    collected or the interpreter exits, so a loop that never calls :meth:`finalize` loses no rows (a
+    process killed by a signal it does not handle still loses what was buffered). A call that adds metrics
+    to the step of the row written last rewrites that row's line in place, so same-step metrics share a
+    row even across a write. When a metric appears that the file has no column for, the file is
     rewritten with the wider header, earlier rows kept, and the new file replaces the old one atomically;
     otherwise rows are appended. If ``metrics.csv`` already exists when the logger first writes (an
     explicit ``version`` reused to resume a run), its rows are kept and new rows are added after them.
+    A pickled or copied logger starts with an empty buffer: the original writes the rows it buffered.
 
     See :class:`~treadle.loggers.base.RunFolder` for how the version folder is chosen. The logger is
     rank-agnostic: Fabric calls it only on global rank 0.
@@ -60,7 +67,8 @@ class CSVLogger:
             str used as the folder name.
         prefix: Prepended to every metric name with a ``/``: ``prefix="train"`` logs ``loss`` as
             ``train/loss``. ``""`` for none.
-        flush_logs_every_n_steps: How many ``log_metrics`` calls to buffer before writing.
+        flush_logs_every_n_steps: How many ``log_metrics`` calls to buffer before writing; 1 writes every
+            call at once.
 
     Raises:
         TypeError: ``root_dir``, ``version`` or ``prefix`` has the wrong type.
@@ -97,12 +105,28 @@ class CSVLogger:
                 f"Pass 1 to write every row at once, or a larger number to write less often (default 100)."
             )
         self._flush_every = flush_logs_every_n_steps
-        self._pending: list[_Row] = []
         self._calls_since_flush = 0
-        # The metric columns of metrics.csv as it is on disk; None until this logger first writes.
-        self._columns: list[str] | None = None
         self._hparams: dict[str, Any] = {}
         self._status: str | None = None
+        self._open_metrics_file()
+
+    def _open_metrics_file(self) -> None:
+        self._file = _MetricsFile(self._folder)
+        # The finalizer holds the buffer, not the logger, so the logger can still be collected; it runs
+        # once, when the logger is collected or at interpreter exit, whichever comes first.
+        weakref.finalize(self, _write_left_over_rows, self._file)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Fabric(strategy="ddp_spawn") pickles its loggers. The copy starts with an empty buffer and learns
+        # the columns from the file, so rows buffered here are written once, by this logger.
+        state = self.__dict__.copy()
+        del state["_file"]
+        state["_calls_since_flush"] = 0
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._open_metrics_file()
 
     @property
     def name(self) -> str:
@@ -158,21 +182,10 @@ class CSVLogger:
         # Fix the version at first use rather than at first write, so that this run's folder is chosen
         # before the other loggers of the same run create theirs.
         self._folder.resolve()
-        last = self._pending[-1] if self._pending else None
-        # Fabric.log sends one metric per call; merging same-step calls keeps one row per step.
-        if (
-            last is not None
-            and step is not None
-            and last.step == step
-            and last.values.keys().isdisjoint(values)
-        ):
-            last.values.update(values)
-        else:
-            self._pending.append(_Row(step, values))
+        self._file.add(step, values)
         self._calls_since_flush += 1
         if self._calls_since_flush >= self._flush_every:
-            # Hold the newest row back: the next call may add metrics for the same step to it.
-            self._flush(keep_last=True)
+            self._flush()
 
     def log_hyperparams(self, params: Mapping[str, Any] | argparse.Namespace) -> None:
         """Merge ``params`` into the run's hyperparameters and rewrite ``hparams.json`` (indented JSON).
@@ -202,33 +215,68 @@ class CSVLogger:
         self._flush()
         self._status = status
 
-    def _flush(self, keep_last: bool = False) -> None:
+    def _flush(self) -> None:
         self._calls_since_flush = 0
-        held = self._pending[-1:] if keep_last else []
-        if held:
-            self._pending.pop()
-        try:
-            self._write_pending()
-        finally:
-            self._pending.extend(held)
+        self._file.write()
 
-    def _write_pending(self) -> None:
-        if not self._pending:
+
+class _MetricsFile:
+    """The rows a `CSVLogger` has not written yet, and what it knows about its ``metrics.csv``.
+
+    Kept apart from the logger so that the finalizer that writes left-over rows refers to this object
+    only: a finalizer that refers to the logger would keep it alive forever.
+    """
+
+    def __init__(self, folder: RunFolder) -> None:
+        self.folder = folder
+        self.pending: list[_Row] = []
+        # The metric columns of metrics.csv as it is on disk; None until this logger first writes.
+        self.columns: list[str] | None = None
+        # The row written last, which a call with the same step may still extend, and where its line
+        # starts in the file. When `replace_tail`, pending[0] is that row with more metrics: it takes the
+        # place of that line instead of being added after it.
+        self.tail: _Row | None = None
+        self.tail_offset = 0
+        self.replace_tail = False
+        # A forked child (a DataLoader worker) inherits this buffer; only the process that made it may
+        # write it on exit, or rows would be written twice.
+        self.pid = os.getpid()
+
+    def add(self, step: int | None, values: dict[str, int | float]) -> None:
+        last = self.pending[-1] if self.pending else self.tail
+        # Fabric.log sends one metric per call; merging same-step calls keeps one row per step.
+        if last is None or step is None or last.step != step or not last.values.keys().isdisjoint(values):
+            self.pending.append(_Row(step, values))
+        elif self.pending:
+            last.values.update(values)
+        else:  # the row is in the file already: write it again, in its place, with the new metrics
+            self.pending.append(_Row(step, {**last.values, **values}))
+            self.replace_tail = True
+
+    def write(self) -> None:
+        if not self.pending:
             return
-        path = self._folder.path / METRICS_FILE
+        path = self.folder.path / METRICS_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        if self._columns is None:
-            self._columns = _existing_columns(path)
-        on_disk = set(self._columns or ())
-        needed = on_disk.union(*(row.values.keys() for row in self._pending))
-        if self._columns is None or needed != on_disk:
+        if self.replace_tail:
+            # The tail is the file's last line: cut it, then write its merged row like any other.
+            with open(path, "rb+") as file:
+                file.truncate(self.tail_offset)
+            self.replace_tail = False
+        if self.columns is None:
+            self.columns = _existing_columns(path)
+        on_disk = set(self.columns or ())
+        needed = on_disk.union(*(row.values.keys() for row in self.pending))
+        if self.columns is None or needed != on_disk:
             columns = sorted(needed)
-            self._rewrite(path, self._columns, columns)
-            self._columns = columns
+            self._rewrite(path, self.columns, columns)
+            self.columns = columns
         else:
-            with open(path, "a", encoding="utf-8", newline="") as file:
-                csv.writer(file, lineterminator="\n").writerows(_cells(self._pending, self._columns))
-        self._pending.clear()
+            with open(path, "ab") as file:
+                file.write(_encode(self.pending, self.columns))
+        self.tail = self.pending[-1]
+        self.tail_offset = path.stat().st_size - len(_encode([self.tail], self.columns))
+        self.pending.clear()
 
     def _rewrite(self, path: Path, old_columns: list[str] | None, columns: list[str]) -> None:
         header = [_STEP, *columns]
@@ -248,7 +296,22 @@ class CSVLogger:
                         for target, cell in zip(targets, record, strict=False):
                             widened[target] = cell
                         writer.writerow(widened)
-            writer.writerows(_cells(self._pending, columns))
+            writer.writerows(_cells(self.pending, columns))
+
+
+def _write_left_over_rows(file: _MetricsFile) -> None:
+    """Write what a collected logger, or one still alive at interpreter exit, had buffered."""
+    if not file.pending or file.pid != os.getpid():
+        return
+    try:
+        file.write()
+    except (OSError, ValueError) as exc:  # nobody is left to catch it: say what was lost
+        warnings.warn(
+            f"CSVLogger could not write its last {len(file.pending)} row(s) to "
+            f"{file.folder.path / METRICS_FILE}: {exc}",
+            RuntimeWarning,
+            stacklevel=1,
+        )
 
 
 def read_csv_metrics(path: str | os.PathLike[str]) -> dict[str, list[tuple[int | None, float]]]:
@@ -340,6 +403,12 @@ def _existing_columns(path: Path) -> list[str] | None:
         if raw.read(1) != b"\n":
             raw.write(b"\n")
     return header[1:]
+
+
+def _encode(rows: Iterable[_Row], columns: list[str]) -> bytes:
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows(_cells(rows, columns))
+    return text.getvalue().encode("utf-8")
 
 
 def _cells(rows: Iterable[_Row], columns: list[str]) -> Iterable[list[str]]:

@@ -49,6 +49,7 @@ def test_all_reduce_each_op(ranks: list[dict[str, Any]]) -> None:
         assert seen["all_reduce_number"] == 3
         assert seen["all_reduce_nested"] == 3.0
         assert seen["input_untouched"]
+        assert seen["group"] == [1.5, [1.0, 2.0]]
 
 
 def test_broadcast_from_a_chosen_rank(ranks: list[dict[str, Any]]) -> None:

@@ -131,3 +131,13 @@ def test_equal_values_do_not_warn() -> None:
         warnings.simplefilter("error")
         assert apply_launch_settings("auto", "ddp", [0, 1], 1, "32-true", environ=env)[1:3] == ("ddp", [0, 1])
         assert apply_launch_settings("auto", "DDP", 2, 1, "32-true", environ=env)[2] == 2
+
+
+def test_objects_compare_by_name() -> None:
+    from treadle.strategies.ddp import DDPStrategy
+
+    env = settings_environment({}, LaunchSettings(strategy="ddp"))
+    strategy = DDPStrategy(find_unused_parameters=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert apply_launch_settings("auto", strategy, "auto", 1, "32-true", environ=env)[1] is strategy

@@ -115,3 +115,15 @@ def test_sharded_checkpoint_needs_objects_to_load_into(tmp_path: Path) -> None:
     (tmp_path / "other").mkdir()
     with pytest.raises(FileNotFoundError, match=r"not a sharded treadle checkpoint"):
         fabric.load(tmp_path / "other", {"model": model})
+
+
+def test_cpu_offload_trains() -> None:
+    fabric = Fabric(accelerator="cpu", strategy=FSDPStrategy(cpu_offload=True, timeout=timedelta(seconds=20)))
+    fabric.launch()
+    model = nn.Linear(4, 4)
+    model, optimizer = fabric.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    before = model.weight.full_tensor().clone()
+    fabric.backward(model(torch.randn(2, 4)).sum())
+    optimizer.step()
+    assert not torch.equal(before, model.weight.full_tensor())
+    assert model.weight.device.type == "cpu"

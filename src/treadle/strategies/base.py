@@ -206,10 +206,12 @@ class Strategy:
     def broadcast(self, obj: T, src: int = 0) -> T:
         return obj
 
-    def all_gather(self, tensor: torch.Tensor, sync_grads: bool = False) -> torch.Tensor:
+    def all_gather(self, tensor: torch.Tensor, sync_grads: bool = False, group: Any = None) -> torch.Tensor:
         return tensor.unsqueeze(0)
 
-    def all_reduce(self, tensor: torch.Tensor, reduce_op: ReduceOp = "mean") -> torch.Tensor:
+    def all_reduce(
+        self, tensor: torch.Tensor, reduce_op: ReduceOp = "mean", group: Any = None
+    ) -> torch.Tensor:
         return tensor
 
     def all_reduce_bool(self, flag: bool, mode: Literal["any", "all"] = "any") -> bool:

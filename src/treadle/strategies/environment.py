@@ -248,6 +248,8 @@ def _is_default(name: str, value: object) -> bool:
 def _same_setting(name: str, code_value: object, cli_value: object) -> bool:
     if name == "devices" and isinstance(code_value, Sequence) and not isinstance(code_value, str):
         code_value = len(code_value)
+    # Strategy, Accelerator and Precision objects carry the name the command line would use.
+    code_value = getattr(code_value, "name", code_value)
     return str(code_value).strip().lower() == str(cli_value).strip().lower()
 
 

@@ -6,6 +6,8 @@ subclass :class:`ParallelStrategy` and override those parts.
 
 from __future__ import annotations
 
+import atexit
+import time
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any, ClassVar, Literal, TypeVar, get_args
@@ -189,6 +191,8 @@ class ParallelStrategy(Strategy):
             timeout=self.timeout,
         )
         self._owns_process_group = True
+        atexit.unregister(_let_collectives_settle)  # once per process, however many groups it joins
+        atexit.register(_let_collectives_settle)
 
     def teardown(self) -> None:
         if self._owns_process_group and dist.is_initialized():
@@ -259,8 +263,9 @@ class ParallelStrategy(Strategy):
         dist.broadcast_object_list(objects, src=src)
         return objects[0]
 
-    def all_gather(self, tensor: torch.Tensor, sync_grads: bool = False) -> torch.Tensor:
+    def all_gather(self, tensor: torch.Tensor, sync_grads: bool = False, group: Any = None) -> torch.Tensor:
         self._require_group("all_gather")
+        size = dist.get_world_size(group)
         # Collectives need a dense, contiguous tensor on this rank's device; bool is not reducible by gloo.
         original_dtype = tensor.dtype
         send = tensor.to(self.root_device).contiguous()
@@ -268,26 +273,28 @@ class ParallelStrategy(Strategy):
             send = send.to(torch.uint8)
         if sync_grads:
             gathered: torch.Tensor = _AllGatherWithGrad.apply(  # type: ignore[no-untyped-call]
-                send, self.world_size, self.global_rank
+                send, group, size, dist.get_rank(group)
             )
         else:
-            parts = [torch.empty_like(send) for _ in range(self.world_size)]
-            dist.all_gather(parts, send)
+            parts = [torch.empty_like(send) for _ in range(size)]
+            dist.all_gather(parts, send, group=group)
             gathered = torch.stack(parts)
         return gathered.to(torch.bool) if original_dtype == torch.bool else gathered
 
-    def all_reduce(self, tensor: torch.Tensor, reduce_op: ReduceOp = "mean") -> torch.Tensor:
+    def all_reduce(
+        self, tensor: torch.Tensor, reduce_op: ReduceOp = "mean", group: Any = None
+    ) -> torch.Tensor:
         self._require_group("all_reduce")
         # A new tensor: reducing in place would silently change the caller's value (often a logged metric).
         result = tensor.detach().to(self.root_device).clone()
         if reduce_op == "mean":
             if not result.is_floating_point() and not result.is_complex():
                 result = result.to(torch.get_default_dtype())
-            dist.all_reduce(result, op=dist.ReduceOp.SUM)
-            return result.div_(self.world_size)
+            dist.all_reduce(result, op=dist.ReduceOp.SUM, group=group)
+            return result.div_(dist.get_world_size(group))
         if result.dtype == torch.bool:
             result = result.to(torch.int32)
-        dist.all_reduce(result, op=_REDUCE_OPS[reduce_op])
+        dist.all_reduce(result, op=_REDUCE_OPS[reduce_op], group=group)
         return result
 
     def all_reduce_bool(self, flag: bool, mode: Literal["any", "all"] = "any") -> bool:
@@ -319,19 +326,27 @@ class _AllGatherWithGrad(torch.autograd.Function):
     """All-gather whose backward sends each rank the gradient that every rank's loss has for its slice."""
 
     @staticmethod
-    def forward(ctx: Any, tensor: torch.Tensor, world_size: int, rank: int) -> torch.Tensor:
-        ctx.rank = rank
-        parts = [torch.empty_like(tensor) for _ in range(world_size)]
-        dist.all_gather(parts, tensor)
+    def forward(ctx: Any, tensor: torch.Tensor, group: Any, size: int, rank: int) -> torch.Tensor:
+        ctx.group, ctx.rank = group, rank
+        parts = [torch.empty_like(tensor) for _ in range(size)]
+        dist.all_gather(parts, tensor, group=group)
         return torch.stack(parts)
 
     @staticmethod
-    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
         # Summing the full gradient across ranks is a reduce-scatter done the simple way, which every
         # backend supports (gloo has no reduce-scatter).
         total = grad_output.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(total, op=dist.ReduceOp.SUM)
-        return total[ctx.rank], None, None
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=ctx.group)
+        return total[ctx.rank], None, None, None
+
+
+def _let_collectives_settle() -> None:
+    # gloo's worker threads free a finished collective's tensors after `wait()` has returned, and need the
+    # GIL for that. If the interpreter starts shutting down first, such a thread is torn down inside a C++
+    # destructor and the whole process aborts (SIGABRT) although the script succeeded, about one exit in
+    # ten with DDP on torch 2.13. Sleeping releases the GIL so they can finish.
+    time.sleep(0.05)
 
 
 def _url_host(address: str) -> str:

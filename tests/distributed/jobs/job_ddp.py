@@ -117,6 +117,11 @@ def main(out: str) -> None:
     seen["all_reduce_number"] = fabric.all_reduce(rank + 1, reduce_op="sum").item()
     seen["all_reduce_nested"] = fabric.all_reduce({"a": [value]}, reduce_op="sum")["a"][0].item()
     seen["input_untouched"] = value.item() == float(rank + 1)
+    group = torch.distributed.new_group([0, 1])
+    seen["group"] = [
+        fabric.all_reduce(value, group=group, reduce_op="mean").item(),
+        fabric.all_gather(value, group=group).tolist(),
+    ]
     seen["broadcast"] = fabric.broadcast({"from": rank, "items": [rank]}, src=1)
     nested = fabric.all_gather({"a": torch.tensor([rank, rank]), "b": (torch.tensor(rank * 10.0),)})
     seen["all_gather_nested"] = {"a": nested["a"].tolist(), "b": nested["b"][0].tolist()}

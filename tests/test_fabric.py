@@ -487,3 +487,15 @@ def test_rank_zero_first_releases_the_barrier_when_rank_zero_fails() -> None:
     with pytest.raises(RuntimeError, match="boom"), fabric.rank_zero_first():
         raise RuntimeError("boom")
     assert calls == ["rank_zero_first"]
+
+
+def test_seed_everything_seeds_dataloader_workers_on_one_device() -> None:
+    from treadle.seed import WorkerSeeder
+
+    fabric = Fabric(accelerator="cpu")
+    fabric.seed_everything(7)
+    loader = fabric.setup_dataloaders(DataLoader(TensorDataset(torch.arange(4.0)), num_workers=2))
+    assert isinstance(loader.worker_init_fn, WorkerSeeder)
+    fabric.seed_everything(7, workers=False)
+    plain = fabric.setup_dataloaders(DataLoader(TensorDataset(torch.arange(4.0)), num_workers=2))
+    assert plain.worker_init_fn is None

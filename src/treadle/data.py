@@ -19,10 +19,12 @@ def prepare_dataloader(
 ) -> DataLoader[Any]:
     """Return ``loader`` rebuilt with a DistributedSampler when ``sampler_kwargs`` asks for partitioning.
 
-    ``sampler_kwargs`` holds ``num_replicas`` and ``rank``; None (one process, or the user opted out) leaves
-    the loader untouched. Shuffling, ``drop_last`` and the batch size are kept.
+    ``sampler_kwargs`` holds ``num_replicas`` and ``rank``; None (one process, or the user opted out) keeps
+    the loader. Shuffling, ``drop_last`` and the batch size are kept. After ``seed_everything(workers=True)``,
+    a loader with workers and no ``worker_init_fn`` gets one that seeds each worker per rank.
     """
     if sampler_kwargs is None or isinstance(loader.sampler, DistributedSampler):
+        _seed_workers(loader, global_rank)
         return loader
     if isinstance(loader.dataset, IterableDataset):
         # An iterable dataset has no indices to split; it must read its own share (see get_worker_info and
@@ -83,3 +85,13 @@ def _base_seed() -> int:
         return requested
     # Derived from torch's global RNG, so seed_everything(seed) makes worker seeds reproducible.
     return int(torch.initial_seed() % (2**32))
+
+
+def _seed_workers(loader: DataLoader[Any], global_rank: int) -> None:
+    from treadle.seed import make_worker_init_fn, requested_worker_seed
+
+    seed = requested_worker_seed()
+    if seed is not None and loader.num_workers > 0 and loader.worker_init_fn is None:
+        # DataLoader allows this attribute to change after construction; rebuilding the loader would lose
+        # settings of subclasses.
+        loader.worker_init_fn = make_worker_init_fn(seed, global_rank)

@@ -49,6 +49,7 @@ def test_slurm_variables_and_a_port_derived_from_the_job() -> None:
             "SLURM_NODELIST": "gpu[07-08]",
             "SLURM_JOB_ID": "123456",
             "SLURM_JOB_NAME": "train",
+            "SLURM_STEP_NUM_TASKS": "4",
         }
     )
     assert (env.global_rank, env.local_rank, env.node_rank, env.world_size, env.local_world_size) == (
@@ -65,6 +66,13 @@ def test_slurm_variables_and_a_port_derived_from_the_job() -> None:
 
 def test_interactive_slurm_allocation_is_not_a_launch() -> None:
     assert not read_environment({"SLURM_NTASKS": "1", "SLURM_PROCID": "0", "SLURM_JOB_NAME": "bash"}).launched
+
+
+def test_the_batch_script_of_an_sbatch_allocation_is_not_a_launch() -> None:
+    # 4 tasks allocated, but no srun step: this is the one batch process, which must not wait for 3 others.
+    batch = {"SLURM_NTASKS": "4", "SLURM_PROCID": "0", "SLURM_JOB_NAME": "train", "SLURM_JOB_ID": "9"}
+    assert not read_environment(batch).launched
+    assert read_environment({**batch, "SLURM_STEP_NUM_TASKS": "4"}).launched
 
 
 def test_a_non_integer_variable_is_reported() -> None:

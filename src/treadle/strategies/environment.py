@@ -106,6 +106,9 @@ def read_environment(environ: Mapping[str, str] | None = None) -> ProcessEnviron
     if (
         "SLURM_NTASKS" in env
         and "SLURM_PROCID" in env
+        # Only srun starts one process per task; the batch script of an sbatch allocation is a single
+        # process whose SLURM_NTASKS describes the allocation, and treating it as a job would hang at setup.
+        and "SLURM_STEP_NUM_TASKS" in env
         and env.get("SLURM_JOB_NAME") not in ("bash", "interactive")
     ):
         world_size = _int(env, "SLURM_NTASKS")

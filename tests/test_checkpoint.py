@@ -419,7 +419,9 @@ def test_load_raw_rejects_full_checkpoints_and_other_objects(tmp_path: Path) -> 
 def test_cuda_checkpoint_loads_to_cpu_and_restores_onto_cuda(tmp_path: Path) -> None:
     model = _model().cuda()
     optimizer = torch.optim.Adam(model.parameters())
-    scaler = torch.amp.GradScaler("cuda", init_scale=2.0**4)  # small: the first step must not overflow and be skipped
+    scaler = torch.amp.GradScaler(
+        "cuda", init_scale=2.0**4
+    )  # small: the first step must not overflow and be skipped
     with torch.autocast("cuda", dtype=torch.float16):
         loss = model(torch.randn(5, 4, device="cuda")).float().sum()
     scaler.scale(loss).backward()

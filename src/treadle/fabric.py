@@ -105,6 +105,7 @@ class Fabric:
         # reference with the optimizers it wraps.
         self._hook_arguments: dict[str, Any] = {"fabric": self}
         self._environment_ready = False
+        self._has_module = False
         self._setup_modules: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
     # --- who and where ------------------------------------------------------------------------------------
@@ -358,6 +359,7 @@ class Fabric:
         wrapped = FabricModule(forward_module, module, self._precision)
         self._setup_modules.add(module)
         self._setup_modules.add(wrapped)
+        self._has_module = True
         self._callbacks.call("on_after_setup", module=wrapped, **self._hook_arguments)
         return wrapped
 
@@ -419,7 +421,7 @@ class Fabric:
 
         Fires ``on_before_backward(loss)`` and ``on_after_backward()``.
         """
-        if not self._setup_modules:
+        if not self._has_module:
             raise RuntimeError(
                 "Fabric.backward() was called before any module was set up. "
                 "Call `model, optimizer = fabric.setup(model, optimizer)` first."
@@ -427,7 +429,10 @@ class Fabric:
         call = self._callbacks.call
         hook_arguments = self._hook_arguments
         call("on_before_backward", loss=tensor, **hook_arguments)
-        self._strategy.backward(tensor, model, *args, **kwargs)
+        if args or kwargs:
+            self._strategy.backward(tensor, model, *args, **kwargs)
+        else:  # the common case, without re-packing empty *args/**kwargs at every level below
+            self._strategy.backward(tensor, model)
         call("on_after_backward", **hook_arguments)
 
     def clip_gradients(

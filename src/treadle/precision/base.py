@@ -50,6 +50,7 @@ class Precision:
         return tensor
 
     def backward(self, tensor: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        """Call ``backward`` on the tensor ``pre_backward`` returns."""
         self.pre_backward(tensor).backward(*args, **kwargs)  # type: ignore[no-untyped-call]
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer, **kwargs: Any) -> Any:

@@ -165,7 +165,11 @@ class Strategy:
 
     # --- training step --------------------------------------------------------------------------------
     def backward(self, tensor: torch.Tensor, module: nn.Module | None, *args: Any, **kwargs: Any) -> None:
-        self.precision.backward(tensor, *args, **kwargs)
+        """Backpropagate ``tensor`` through the precision (which may scale it)."""
+        if args or kwargs:
+            self.precision.backward(tensor, *args, **kwargs)
+        else:
+            self.precision.backward(tensor)
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer, **kwargs: Any) -> Any:
         return self.precision.optimizer_step(optimizer, **kwargs)

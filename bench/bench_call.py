@@ -1,8 +1,8 @@
 """What `fabric.call` costs next to the loop you would write by hand (and next to Lightning's).
 
-`Fabric.call` is a one-line delegation, ``return self._callbacks.call(hook_name, *args, **kwargs)``, so this
-benchmarks `CallbackDispatcher.call` directly and imports nothing but `treadle.callbacks`; Fabric adds one
-more method call (about 0.05-0.1 us) on top of the treadle column.
+On a Fabric instance, `fabric.call` *is* the dispatcher's bound method (`Fabric.__init__` binds it, so no
+wrapper frame is added), so this benchmarks `CallbackDispatcher.call` directly and imports nothing but
+`treadle.callbacks`.
 
 Every candidate of a scenario is timed in the same run, interleaved repeat by repeat, and the minimum over
 the repeats is reported: on a shared machine the minimum is the least noisy estimate of the real cost.

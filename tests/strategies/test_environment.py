@@ -149,3 +149,10 @@ def test_objects_compare_by_name() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert apply_launch_settings("auto", strategy, "auto", 1, "32-true", environ=env)[1] is strategy
+
+
+def test_distributed_strategies_import_from_the_package() -> None:
+    from treadle.strategies import DDPStrategy, FSDPStrategy
+    from treadle.strategies.ddp import DDPStrategy as Direct
+
+    assert DDPStrategy is Direct and FSDPStrategy.__name__ == "FSDPStrategy"

@@ -5,11 +5,27 @@ Distributed strategies are imported only when asked for, so ``import treadle`` s
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from treadle.strategies.base import REDUCE_OPS, ReduceOp, Strategy
 from treadle.strategies.environment import ProcessEnvironment, read_environment
 from treadle.strategies.single_device import SingleDeviceStrategy
+
+if TYPE_CHECKING:
+    from treadle.strategies.ddp import DDPStrategy
+    from treadle.strategies.fsdp import FSDPStrategy
+
+_DISTRIBUTED = {"DDPStrategy": "treadle.strategies.ddp", "FSDPStrategy": "treadle.strategies.fsdp"}
+
+
+def __getattr__(name: str) -> Any:
+    # `from treadle.strategies import DDPStrategy` works without importing torch.distributed for everyone.
+    module = _DISTRIBUTED.get(name)
+    if module is None:
+        raise AttributeError(f"module 'treadle.strategies' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
 
 
 def _ddp() -> Strategy:
@@ -40,6 +56,8 @@ STRATEGIES: dict[str, Callable[[], Strategy]] = {
 __all__ = [
     "REDUCE_OPS",
     "STRATEGIES",
+    "DDPStrategy",
+    "FSDPStrategy",
     "ProcessEnvironment",
     "ReduceOp",
     "SingleDeviceStrategy",

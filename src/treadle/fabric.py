@@ -16,12 +16,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from treadle.accelerators import Accelerator, parse_accelerator, parse_devices
+from treadle.accelerators import Accelerator
 from treadle.callbacks import CallbackDispatcher, HookRegistry
 from treadle.loggers.base import metric_value, parse_loggers
-from treadle.precision import Precision, PrecisionInput, parse_precision
-from treadle.strategies import REDUCE_OPS, ReduceOp, Strategy, parse_strategy, read_environment
-from treadle.strategies.environment import apply_launch_settings
+from treadle.precision import Precision, PrecisionInput
+from treadle.settings import build_runtime
+from treadle.strategies import ReduceOp, Strategy, parse_reduce_op
 from treadle.tree import map_tensors, move_to_device, numbers_to_tensors
 from treadle.wrappers import FabricDataLoader, FabricModule, FabricOptimizer, check_unwrapped
 
@@ -73,24 +73,11 @@ class Fabric:
         strict_hooks: bool = False,
         hooks: Sequence[str] = (),
     ) -> None:
-        if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 1:
-            raise ValueError(f"Fabric(num_nodes={num_nodes!r}) must be a positive int, e.g. num_nodes=2.")
         if not isinstance(strict_hooks, bool):
             raise TypeError(f"Fabric(strict_hooks={strict_hooks!r}) must be True or False.")
-        # Options of `treadle run` fill the arguments the code left at their defaults.
-        accelerator, strategy, devices, num_nodes, precision = apply_launch_settings(
+        self._accelerator, self._precision, self._strategy = build_runtime(
             accelerator, strategy, devices, num_nodes, precision
         )
-        environment = read_environment()
-        self._accelerator = parse_accelerator(accelerator)
-        device_indices = parse_devices(devices, self._accelerator)
-        if environment.launched and devices == "auto":
-            # Under torchrun each process drives one device; "auto" means "as the launcher says".
-            device_indices = list(range(environment.local_world_size))
-        self._precision = parse_precision(precision, self._accelerator.device_type)
-        num_processes = environment.world_size if environment.launched else len(device_indices) * num_nodes
-        self._strategy = parse_strategy(strategy, num_processes)
-        self._strategy.connect(self._accelerator, self._precision, device_indices, num_nodes, environment)
         registry = HookRegistry()
         for name in [hooks] if isinstance(hooks, str) else hooks:
             registry.register(name)
@@ -540,12 +527,7 @@ class Fabric:
         Returns:
             ``data`` with every tensor replaced by its reduction (a new tensor).
         """
-        op = str(getattr(reduce_op, "name", reduce_op)).lower().replace("avg", "mean")
-        if op not in REDUCE_OPS:
-            raise ValueError(
-                f"Fabric.all_reduce(reduce_op={reduce_op!r}) is not supported. "
-                f"Choose one of: {', '.join(map(repr, REDUCE_OPS))}."
-            )
+        op = parse_reduce_op(reduce_op)
         strategy = self._strategy
         device = self.device
         extra = {} if group is None else {"group": group}
@@ -554,7 +536,7 @@ class Fabric:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 value = torch.tensor(float(value), device=device)
             if isinstance(value, torch.Tensor):
-                return strategy.all_reduce(value, op, **extra)  # type: ignore[arg-type]
+                return strategy.all_reduce(value, op, **extra)
             return value
 
         if isinstance(data, (int, float, torch.Tensor)):

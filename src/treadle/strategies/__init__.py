@@ -9,7 +9,7 @@ import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from treadle.strategies.base import REDUCE_OPS, ReduceOp, Strategy
+from treadle.strategies.base import REDUCE_OPS, ReduceOp, Strategy, parse_reduce_op
 from treadle.strategies.environment import ProcessEnvironment, read_environment
 from treadle.strategies.single_device import SingleDeviceStrategy
 
@@ -62,6 +62,7 @@ __all__ = [
     "ReduceOp",
     "SingleDeviceStrategy",
     "Strategy",
+    "parse_reduce_op",
     "parse_strategy",
     "read_environment",
 ]

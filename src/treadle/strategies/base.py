@@ -24,6 +24,17 @@ ReduceOp = Literal["mean", "sum", "max", "min"]
 REDUCE_OPS: tuple[str, ...] = ("mean", "sum", "max", "min")
 
 
+def parse_reduce_op(reduce_op: object) -> ReduceOp:
+    """``"mean"``/``"sum"``/``"max"``/``"min"``, or a ``torch.distributed.ReduceOp`` of those, as a name."""
+    name = str(getattr(reduce_op, "name", reduce_op)).lower().replace("avg", "mean")
+    if name not in REDUCE_OPS:
+        raise ValueError(
+            f"Fabric.all_reduce(reduce_op={reduce_op!r}) is not supported. "
+            f"Choose one of: {', '.join(map(repr, REDUCE_OPS))}."
+        )
+    return name  # type: ignore[return-value]  # checked against REDUCE_OPS just above
+
+
 class Strategy:
     """One process driving one device. Distributed strategies override placement, wrapping and collectives.
 

@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Literal, Protocol, SupportsIndex, TextIO, overload, runtime_checkable
 
-__all__ = ["Logger", "RunFolder", "atomic_open", "next_version"]
+__all__ = ["FolderLogger", "Logger", "RunFolder", "atomic_open", "next_version"]
 
 PREFIX_SEPARATOR = "/"
 """Joins a logger's ``prefix`` to each metric name. ``/`` because TensorBoard groups tags into sections at
@@ -198,6 +198,72 @@ class RunFolder:
         version = self.version
         folder = f"version_{version}" if isinstance(version, int) else version
         return Path(self._root_dir, self._name, folder)
+
+
+class FolderLogger:
+    """The members shared by loggers that write into a :class:`RunFolder`: the folder, the metric-name
+    prefix, and the :class:`Logger` properties that read them.
+
+    Subclasses add ``log_metrics``, ``log_hyperparams``, ``save`` and ``finalize``, and use
+    :meth:`_prefixed_metrics` to check and name the values they are given.
+
+    Args:
+        root_dir: Folder holding all experiments.
+        name: Experiment name, a folder under ``root_dir``.
+        version: See :class:`RunFolder`.
+        prefix: Prepended to every metric name with :data:`PREFIX_SEPARATOR`; ``""`` for none.
+        owner: The class name used in error messages, e.g. ``"CSVLogger"``.
+
+    Raises:
+        TypeError: An argument has the wrong type.
+        ValueError: ``name`` or ``version`` is not a valid folder (see :class:`RunFolder`).
+
+    Example:
+        >>> logger = FolderLogger("logs", "exp", 3, "train", owner="MyLogger")
+        >>> logger.name, logger.version, logger.prefix
+        ('exp', 3, 'train')
+    """
+
+    def __init__(
+        self,
+        root_dir: str | os.PathLike[str],
+        name: str,
+        version: int | str | None,
+        prefix: str,
+        *,
+        owner: str,
+    ) -> None:
+        self._folder = RunFolder(root_dir, name, version, owner=owner)
+        self._prefix = check_prefix(prefix, owner)
+
+    @property
+    def name(self) -> str:
+        return self._folder.name
+
+    @property
+    def version(self) -> int | str:
+        return self._folder.version
+
+    @property
+    def root_dir(self) -> str:
+        return self._folder.root_dir
+
+    @property
+    def log_dir(self) -> str:
+        return os.fspath(self._folder.path)
+
+    @property
+    def prefix(self) -> str:
+        return self._prefix
+
+    def _prefixed_metrics(self, metrics: Mapping[str, object], where: str) -> dict[str, int | float]:
+        """``metrics`` as numbers under their prefixed names; ``where`` names the caller in errors."""
+        values: dict[str, int | float] = {}
+        for key, value in metrics.items():
+            if not isinstance(key, str) or not key:
+                raise ValueError(f"{where} got metric name {key!r}; names must be non-empty str.")
+            values[join_prefix(self._prefix, key)] = to_number(key, value, where)
+        return values
 
 
 def join_prefix(prefix: str, name: str) -> str:

@@ -15,15 +15,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from treadle.loggers.base import (
-    RunFolder,
-    atomic_open,
-    check_prefix,
-    check_step,
-    join_prefix,
-    params_to_dict,
-    to_number,
-)
+from treadle.loggers.base import FolderLogger, RunFolder, atomic_open, check_step, params_to_dict
 
 __all__ = ["HPARAMS_FILE", "METRICS_FILE", "CSVLogger", "read_csv_metrics"]
 
@@ -38,7 +30,7 @@ class _Row:
     values: dict[str, int | float]
 
 
-class CSVLogger:
+class CSVLogger(FolderLogger):
     """Write metrics to ``root_dir/name/version_N/metrics.csv`` and hyperparameters to ``hparams.json``.
 
     The CSV has a ``step`` column (empty when a value was logged without a step) followed by one column
@@ -93,8 +85,7 @@ class CSVLogger:
         prefix: str = "",
         flush_logs_every_n_steps: int = 100,
     ) -> None:
-        self._folder = RunFolder(root_dir, name, version, owner="CSVLogger")
-        self._prefix = check_prefix(prefix, "CSVLogger")
+        super().__init__(root_dir, name, version, prefix, owner="CSVLogger")
         if (
             isinstance(flush_logs_every_n_steps, bool)
             or not isinstance(flush_logs_every_n_steps, int)
@@ -129,26 +120,6 @@ class CSVLogger:
         self._open_metrics_file()
 
     @property
-    def name(self) -> str:
-        return self._folder.name
-
-    @property
-    def version(self) -> int | str:
-        return self._folder.version
-
-    @property
-    def root_dir(self) -> str:
-        return self._folder.root_dir
-
-    @property
-    def log_dir(self) -> str:
-        return os.fspath(self._folder.path)
-
-    @property
-    def prefix(self) -> str:
-        return self._prefix
-
-    @property
     def status(self) -> str | None:
         """The status passed to :meth:`finalize`, or None while the run is going."""
         return self._status
@@ -166,17 +137,12 @@ class CSVLogger:
         """
         where = "CSVLogger.log_metrics"
         step = check_step(step, where)
-        values: dict[str, int | float] = {}
-        for key, value in metrics.items():
-            if not isinstance(key, str) or not key:
-                raise ValueError(f"{where} got metric name {key!r}; names must be non-empty str.")
-            column = join_prefix(self._prefix, key)
-            if column == _STEP:
-                raise ValueError(
-                    f"{where} got a metric named 'step', which is the CSV's step column. Rename the "
-                    f"metric (e.g. 'global_step') or pass the step as log_metrics(..., step=...)."
-                )
-            values[column] = to_number(key, value, where)
+        values = self._prefixed_metrics(metrics, where)
+        if _STEP in values:
+            raise ValueError(
+                f"{where} got a metric named 'step', which is the CSV's step column. Rename the "
+                f"metric (e.g. 'global_step') or pass the step as log_metrics(..., step=...)."
+            )
         if not values:
             return
         # Fix the version at first use rather than at first write, so that this run's folder is chosen

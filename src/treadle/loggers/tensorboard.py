@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from treadle.loggers.base import RunFolder, check_prefix, check_step, join_prefix, params_to_dict, to_number
+from treadle.loggers.base import FolderLogger, check_step, params_to_dict
 from treadle.optional import require
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ __all__ = ["TensorBoardLogger"]
 _WRITER_ARGUMENTS = ("comment", "purge_step", "max_queue", "flush_secs", "filename_suffix")
 
 
-class TensorBoardLogger:
+class TensorBoardLogger(FolderLogger):
     """Write metrics and hyperparameters to TensorBoard event files in ``root_dir/name/version_N``.
 
     The folder and version follow the same rules as :class:`~treadle.loggers.CSVLogger` (see
@@ -63,8 +63,7 @@ class TensorBoardLogger:
         prefix: str = "",
         **summary_writer_kwargs: Any,
     ) -> None:
-        self._folder = RunFolder(root_dir, name, version, owner="TensorBoardLogger")
-        self._prefix = check_prefix(prefix, "TensorBoardLogger")
+        super().__init__(root_dir, name, version, prefix, owner="TensorBoardLogger")
         unknown = sorted(set(summary_writer_kwargs) - set(_WRITER_ARGUMENTS))
         if unknown:
             hint = (
@@ -79,26 +78,6 @@ class TensorBoardLogger:
         self._writer_kwargs = dict(summary_writer_kwargs)
         self._writer: SummaryWriter | None = None
         self._implicit_step = 0
-
-    @property
-    def name(self) -> str:
-        return self._folder.name
-
-    @property
-    def version(self) -> int | str:
-        return self._folder.version
-
-    @property
-    def root_dir(self) -> str:
-        return self._folder.root_dir
-
-    @property
-    def log_dir(self) -> str:
-        return os.fspath(self._folder.path)
-
-    @property
-    def prefix(self) -> str:
-        return self._prefix
 
     @property
     def experiment(self) -> SummaryWriter:
@@ -129,11 +108,7 @@ class TensorBoardLogger:
         """
         where = "TensorBoardLogger.log_metrics"
         checked = check_step(step, where)
-        values: dict[str, float] = {}
-        for key, value in metrics.items():
-            if not isinstance(key, str) or not key:
-                raise ValueError(f"{where} got metric name {key!r}; names must be non-empty str.")
-            values[join_prefix(self._prefix, key)] = float(to_number(key, value, where))
+        values = {tag: float(value) for tag, value in self._prefixed_metrics(metrics, where).items()}
         if not values:
             return
         if checked is None:

@@ -198,7 +198,7 @@ class Strategy:
             # Overflowing gradients are routine under a grad scaler: it skips that step and lowers the scale.
             # Raising here would turn that normal event into a crash.
             error_if_nonfinite = False
-        parameters = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        parameters = self._parameters_with_grads(optimizer)
         return torch.nn.utils.clip_grad_norm_(
             parameters, max_norm, norm_type=norm_type, error_if_nonfinite=error_if_nonfinite
         )
@@ -207,8 +207,12 @@ class Strategy:
         self, module: nn.Module, optimizer: torch.optim.Optimizer, clip_val: float
     ) -> None:
         self.precision.unscale_gradients(optimizer)
-        parameters = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        torch.nn.utils.clip_grad_value_(parameters, clip_val)
+        torch.nn.utils.clip_grad_value_(self._parameters_with_grads(optimizer), clip_val)
+
+    @staticmethod
+    def _parameters_with_grads(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+        """The parameters of ``optimizer`` that have a gradient this step (the ones clipping acts on)."""
+        return [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
 
     def no_backward_sync(self, module: nn.Module, enabled: bool) -> contextlib.AbstractContextManager[Any]:
         """Skip gradient synchronisation during ``backward`` (nothing to skip with one process)."""

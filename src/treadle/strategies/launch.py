@@ -100,17 +100,7 @@ def start_local_ranks(world_size: int, main_address: str = "127.0.0.1") -> Proce
         group.start(rank, command, env)
     group.watch()
     atexit.register(group.finish)
-    return ProcessEnvironment(
-        global_rank=0,
-        local_rank=0,
-        node_rank=0,
-        world_size=world_size,
-        local_world_size=world_size,
-        main_address=main_address,
-        main_port=port,
-        launched=True,
-        launcher="subprocess",
-    )
+    return _local_job(world_size, main_address, port, launcher="subprocess")
 
 
 def spawn_ranks(
@@ -137,14 +127,7 @@ def spawn_ranks(
     from torch.multiprocessing.spawn import start_processes
 
     port = find_free_port(main_address)
-    template = ProcessEnvironment(
-        world_size=world_size,
-        local_world_size=world_size,
-        main_address=main_address,
-        main_port=port,
-        launched=True,
-        launcher="spawn",
-    )
+    template = _local_job(world_size, main_address, port, launcher="spawn")
     context = mp.get_context("spawn")
     results = context.SimpleQueue()
     processes = start_processes(  # type: ignore[no-untyped-call]
@@ -176,6 +159,18 @@ def spawn_ranks(
             "Rank 0 finished without returning a result; this is a bug in treadle, please report it."
         )
     return received[0]  # type: ignore[no-any-return]
+
+
+def _local_job(world_size: int, main_address: str, main_port: int, *, launcher: str) -> ProcessEnvironment:
+    """Rank 0's environment in a job whose ``world_size`` ranks all run on this machine."""
+    return ProcessEnvironment(
+        world_size=world_size,
+        local_world_size=world_size,
+        main_address=main_address,
+        main_port=main_port,
+        launched=True,
+        launcher=launcher,
+    )
 
 
 def _spawned_rank(

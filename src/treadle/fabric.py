@@ -10,7 +10,7 @@ import contextlib
 import os
 import weakref
 from collections.abc import Callable, Generator, Mapping, Sequence
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -289,18 +289,6 @@ class Fabric:
         self._prepare_environment()
 
     # --- setup --------------------------------------------------------------------------------------------
-    @overload
-    def setup(self, module: nn.Module, *, move_to_device: bool = True) -> FabricModule: ...
-
-    @overload
-    def setup(
-        self,
-        module: nn.Module,
-        *optimizers: torch.optim.Optimizer,
-        scheduler: Any = None,
-        move_to_device: bool = True,
-    ) -> Any: ...
-
     def setup(
         self,
         module: nn.Module,
@@ -529,19 +517,9 @@ class Fabric:
         """
         op = parse_reduce_op(reduce_op)
         strategy = self._strategy
-        device = self.device
         extra = {} if group is None else {"group": group}
-
-        def reduce(value: Any) -> Any:
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                value = torch.tensor(float(value), device=device)
-            if isinstance(value, torch.Tensor):
-                return strategy.all_reduce(value, op, **extra)
-            return value
-
-        if isinstance(data, (int, float, torch.Tensor)):
-            return reduce(data)
-        return map_tensors(numbers_to_tensors(data, device), reduce)
+        tensors = numbers_to_tensors(data, self.device)
+        return map_tensors(tensors, lambda tensor: strategy.all_reduce(tensor, op, **extra))
 
     def all_reduce_bool(self, flag: bool, mode: str = "any") -> bool:
         """Reduce a boolean across ranks (``"any"`` or ``"all"``) so every rank takes the same decision."""

@@ -196,13 +196,15 @@ class FabricOptimizer(torch.optim.Optimizer):
         hook_arguments = state["_hook_arguments"]
         optimizer = state["_optimizer"]
         dispatch("on_before_optimizer_step", optimizer=optimizer, **hook_arguments)
-        kwargs = {} if closure is None else {"closure": closure}
-        output = state["_strategy"].optimizer_step(optimizer, **kwargs)
+        if closure is None:
+            output = state["_strategy"].optimizer_step(optimizer)
+        else:
+            output = state["_strategy"].optimizer_step(optimizer, closure=closure)
         dispatch("on_after_optimizer_step", optimizer=optimizer, **hook_arguments)
         return output
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        self.optimizer.zero_grad(set_to_none=set_to_none)
+        self.__dict__["_optimizer"].zero_grad(set_to_none=set_to_none)
 
     def state_dict(self) -> dict[str, Any]:
         return self.optimizer.state_dict()

@@ -18,10 +18,12 @@ class Accelerator:
 
     @staticmethod
     def is_available() -> bool:
+        """Whether this machine has this kind of device and torch can use it."""
         raise NotImplementedError
 
     @staticmethod
     def device_count() -> int:
+        """How many devices of this kind torch sees."""
         raise NotImplementedError
 
     def auto_device_count(self) -> int:
@@ -29,6 +31,7 @@ class Accelerator:
         return self.device_count()
 
     def get_device(self, index: int) -> torch.device:
+        """The ``torch.device`` for device ``index``."""
         return torch.device(self.device_type, index)
 
     def setup_device(self, device: torch.device) -> None:

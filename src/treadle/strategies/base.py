@@ -59,6 +59,7 @@ class Strategy:
         num_nodes: int,
         environment: ProcessEnvironment,
     ) -> None:
+        """Attach the parsed accelerator, precision, device indices and launcher environment (once)."""
         if self.accelerator is not None:
             raise ValueError(
                 f"This {type(self).__name__} already belongs to another Fabric; a strategy holds one run's "
@@ -89,27 +90,33 @@ class Strategy:
     # --- where this process is -------------------------------------------------------------------------
     @property
     def root_device(self) -> torch.device:
+        """The device this process computes on."""
         assert self.accelerator is not None, "connect() runs in Fabric.__init__"
         return self.accelerator.get_device(self.device_indices[self.local_rank])
 
     @property
     def global_rank(self) -> int:
+        """This process's index among all processes of the job."""
         return 0
 
     @property
     def local_rank(self) -> int:
+        """This process's index on its machine."""
         return 0
 
     @property
     def node_rank(self) -> int:
+        """This machine's index in the job."""
         return 0
 
     @property
     def world_size(self) -> int:
+        """How many processes the job has."""
         return 1
 
     @property
     def is_global_zero(self) -> bool:
+        """Whether this is global rank 0."""
         return self.global_rank == 0
 
     @property
@@ -140,6 +147,7 @@ class Strategy:
         self.accelerator.setup_device(self.root_device)
 
     def teardown(self) -> None:
+        """Release what the strategy and accelerator took (process groups, device memory)."""
         if self.accelerator is not None:
             self.accelerator.teardown()
 
@@ -149,9 +157,11 @@ class Strategy:
         return module
 
     def setup_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """Prepare an optimizer for this strategy (e.g. point it at sharded parameters)."""
         return optimizer
 
     def module_to_device(self, module: nn.Module) -> None:
+        """Move ``module`` to this process's device."""
         module.to(self.root_device)
 
     def distributed_sampler_kwargs(self) -> dict[str, int] | None:
@@ -171,6 +181,7 @@ class Strategy:
 
     @contextlib.contextmanager
     def tensor_init_context(self) -> Iterator[None]:
+        """Context for creating tensors on the device, in the precision's dtype."""
         with self.root_device, self.precision.tensor_init_context():
             yield
 
@@ -183,6 +194,7 @@ class Strategy:
             self.precision.backward(tensor)
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer, **kwargs: Any) -> Any:
+        """Step ``optimizer`` through the precision (which runs the grad scaler, if any)."""
         return self.precision.optimizer_step(optimizer, **kwargs)
 
     def clip_gradients_norm(
@@ -193,6 +205,7 @@ class Strategy:
         norm_type: float = 2.0,
         error_if_nonfinite: bool = True,
     ) -> torch.Tensor:
+        """Unscale, then clip the gradients of ``optimizer``'s parameters to a total norm; returns the norm."""
         self.precision.unscale_gradients(optimizer)
         if self.precision.scaler is not None:
             # Overflowing gradients are routine under a grad scaler: it skips that step and lowers the scale.
@@ -206,6 +219,7 @@ class Strategy:
     def clip_gradients_value(
         self, module: nn.Module, optimizer: torch.optim.Optimizer, clip_val: float
     ) -> None:
+        """Unscale, then clamp every gradient of ``optimizer``'s parameters to ``[-clip_val, clip_val]``."""
         self.precision.unscale_gradients(optimizer)
         torch.nn.utils.clip_grad_value_(self._parameters_with_grads(optimizer), clip_val)
 
@@ -223,14 +237,17 @@ class Strategy:
         """Wait until every rank reaches this point."""
 
     def broadcast(self, obj: T, src: int = 0) -> T:
+        """Send ``obj`` from rank ``src`` to every rank."""
         return obj
 
     def all_gather(self, tensor: torch.Tensor, sync_grads: bool = False, group: Any = None) -> torch.Tensor:
+        """Gather ``tensor`` from every rank on a new first dimension of size ``world_size``."""
         return tensor.unsqueeze(0)
 
     def all_reduce(
         self, tensor: torch.Tensor, reduce_op: ReduceOp = "mean", group: Any = None
     ) -> torch.Tensor:
+        """Reduce ``tensor`` over ranks with ``reduce_op``, returning a new tensor."""
         return tensor
 
     def all_reduce_bool(self, flag: bool, mode: Literal["any", "all"] = "any") -> bool:
@@ -244,6 +261,7 @@ class Strategy:
         state: Mapping[str, Any],
         filter: Mapping[str, Callable[[str, Any], bool]] | None = None,
     ) -> None:
+        """Write ``state`` to ``path`` atomically (global rank 0 writes; everyone waits)."""
         if self.is_global_zero:
             checkpoint.save_checkpoint(path, state, filter=filter)
         self.barrier("save_checkpoint")
@@ -251,6 +269,7 @@ class Strategy:
     def load_checkpoint(
         self, path: str, state: dict[str, Any] | None, strict: bool, weights_only: bool
     ) -> dict[str, Any]:
+        """Read ``path`` and restore ``state`` in place; returns the entries not asked for."""
         return checkpoint.load_checkpoint(path, state, strict=strict, weights_only=weights_only)
 
     def __repr__(self) -> str:

@@ -18,7 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["Entry", "Guard", "Plan", "add_note", "generate", "is_identifier"]
+from treadle.errors import add_note
+
+__all__ = ["Entry", "Guard", "Plan", "generate", "is_identifier"]
 
 Plan = Callable[[tuple[Any, ...], dict[str, Any]], list[Any]]
 
@@ -44,22 +46,6 @@ class Entry:
 
 def is_identifier(name: str) -> bool:
     return name.isidentifier() and not keyword.iskeyword(name)
-
-
-def add_note(exc: BaseException, note: str) -> None:
-    """`BaseException.add_note`, also on Python 3.10 where it does not exist yet (PEP 678)."""
-    add = getattr(exc, "add_note", None)
-    if add is not None:
-        add(note)
-        return
-    notes = getattr(exc, "__notes__", None)
-    if not isinstance(notes, list):
-        notes = []
-        try:
-            exc.__notes__ = notes  # type: ignore[attr-defined,unused-ignore]
-        except AttributeError:  # an exception type that forbids attributes: nothing to attach to
-            return
-    notes.append(note)
 
 
 def generate(

@@ -17,7 +17,6 @@ import types
 from typing import Any, TypeGuard
 
 from treadle.callbacks.codegen import Plan, is_identifier
-from treadle.callbacks.codegen import add_note as add_note  # re-exported: the trainer notes its errors too
 from treadle.callbacks.hooks import HookRegistry
 from treadle.callbacks.plan import MethodWrapper, Planner
 

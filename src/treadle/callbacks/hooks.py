@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import difflib
 import keyword
-import sys
 import warnings
 from typing import Any, TypeVar
+
+from treadle.errors import caller_stacklevel
 
 __all__ = [
     "FABRIC_HOOKS",
@@ -110,20 +111,6 @@ _T = TypeVar("_T")
 
 def _is_hook_identifier(name: str) -> bool:
     return name.isidentifier() and not keyword.iskeyword(name)
-
-
-def caller_stacklevel() -> int:
-    """The `stacklevel` that makes a warning point at the first frame outside treadle."""
-    level = 1
-    frame = sys._getframe(1)
-    while frame is not None and frame.f_globals.get("__name__", "").startswith("treadle."):
-        frame = frame.f_back  # type: ignore[assignment]
-        level += 1
-    return level
-
-
-def _class_name(obj: object) -> str:
-    return type(obj).__name__
 
 
 class HookRegistry:

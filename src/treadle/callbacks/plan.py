@@ -21,8 +21,9 @@ from collections.abc import Callable
 from typing import Any
 
 from treadle.callbacks.codegen import Entry, Guard, Plan, generate
-from treadle.callbacks.hooks import NOOP_HOOKS, RANK_ZERO_ONLY_MARK, caller_stacklevel
+from treadle.callbacks.hooks import NOOP_HOOKS, RANK_ZERO_ONLY_MARK
 from treadle.callbacks.signature import accepted_keywords
+from treadle.errors import caller_stacklevel
 
 __all__ = ["MethodWrapper", "Planner"]
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from treadle.callbacks.dispatch import add_note
+from treadle.errors import add_note
 from treadle.fabric import Fabric
 
 __all__ = ["model_as_last_callback"]

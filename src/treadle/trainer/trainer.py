@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from treadle.callbacks.dispatch import add_note
+from treadle.errors import add_note
 from treadle.fabric import Fabric
 from treadle.trainer import checkpointing
 from treadle.trainer.batches import check_loader, count_batches, numbered, set_sampler_epoch, skip

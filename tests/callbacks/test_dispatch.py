@@ -190,16 +190,6 @@ def test_note_names_the_right_callback_for_each_position_and_kind() -> None:
         assert caught.value.__notes__ == [f"raised by callback `{name}` (index 2) in hook `on_x`"]
 
 
-def test_add_note_falls_back_to_the_notes_list_without_add_note() -> None:
-    class NoAddNote(Exception):
-        add_note = None  # what Python 3.10 looks like: no add_note method
-
-    error = NoAddNote()
-    dispatch_module.add_note(error, "first")
-    dispatch_module.add_note(error, "second")
-    assert error.__notes__ == ["first", "second"]
-
-
 # 4. Bind errors
 
 

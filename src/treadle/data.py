@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch.utils.data import (
     BatchSampler,
     DataLoader,
@@ -13,6 +14,8 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
+from treadle.seed import WorkerSeeder, make_worker_init_fn, requested_worker_seed
+
 
 def prepare_dataloader(
     loader: DataLoader[Any], sampler_kwargs: dict[str, int] | None, global_rank: int
@@ -20,16 +23,61 @@ def prepare_dataloader(
     """Return ``loader`` rebuilt with a DistributedSampler when ``sampler_kwargs`` asks for partitioning.
 
     ``sampler_kwargs`` holds ``num_replicas`` and ``rank``; None (one process, or the user opted out) keeps
-    the loader. Shuffling, ``drop_last`` and the batch size are kept. After ``seed_everything(workers=True)``,
-    a loader with workers and no ``worker_init_fn`` gets one that seeds each worker per rank.
+    the loader. Shuffling, ``drop_last`` and the batch size are kept.
+
+    Workers are seeded per rank (unless the loader has its own ``worker_init_fn``) when
+    ``seed_everything(workers=True)`` asked for it, or when the data is split across processes, where workers
+    of different ranks would otherwise draw the same augmentations.
     """
-    if sampler_kwargs is None or isinstance(loader.sampler, DistributedSampler):
-        _seed_workers(loader, global_rank)
+    seeder = _worker_seeder(loader, global_rank, split=sampler_kwargs is not None)
+    if (
+        sampler_kwargs is None
+        or isinstance(loader.sampler, DistributedSampler)
+        or isinstance(loader.dataset, IterableDataset)
+    ):
+        # Nothing to split here (an iterable dataset must read its own share, see get_worker_info and the
+        # rank). DataLoader allows worker_init_fn to change after construction.
+        if seeder is not None:
+            loader.worker_init_fn = seeder
         return loader
-    if isinstance(loader.dataset, IterableDataset):
-        # An iterable dataset has no indices to split; it must read its own share (see get_worker_info and
-        # the rank), as torch's own DistributedSampler cannot help either.
-        return loader
+    _check_rebuildable(loader)
+    batch_sampler = loader.batch_sampler  # a plain BatchSampler or None: _check_rebuildable made sure
+    shuffle = isinstance(loader.sampler, RandomSampler)
+    batch_size: int | None = loader.batch_size
+    drop_last = False
+    if isinstance(batch_sampler, BatchSampler):
+        drop_last, batch_size = batch_sampler.drop_last, batch_sampler.batch_size
+    sampler: DistributedSampler[Any] = DistributedSampler(
+        loader.dataset, shuffle=shuffle, drop_last=drop_last, **sampler_kwargs
+    )
+    # Arguments that only newer torch releases have are passed only when the loader has them.
+    newer = {name: getattr(loader, name) for name in ("in_order",) if hasattr(loader, name)}
+    return DataLoader(
+        loader.dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        drop_last=drop_last,
+        timeout=loader.timeout,
+        worker_init_fn=seeder or loader.worker_init_fn,
+        multiprocessing_context=loader.multiprocessing_context,
+        generator=loader.generator,
+        prefetch_factor=loader.prefetch_factor if loader.num_workers > 0 else None,
+        persistent_workers=loader.persistent_workers,
+        pin_memory_device=loader.pin_memory_device,
+        **newer,
+    )
+
+
+def _check_rebuildable(loader: DataLoader[Any]) -> None:
+    fix = "pass use_distributed_sampler=False to setup_dataloaders and give the loader a DistributedSampler yourself."
+    if type(loader) is not DataLoader:
+        raise TypeError(
+            f"setup_dataloaders cannot rebuild a {type(loader).__name__} (a DataLoader subclass) with a "
+            f"DistributedSampler without losing what the subclass adds. Instead, {fix}"
+        )
     batch_sampler = loader.batch_sampler
     if batch_sampler is not None and type(batch_sampler) is not BatchSampler:
         raise TypeError(
@@ -43,55 +91,15 @@ def prepare_dataloader(
             "across processes. Wrap your sampler's indices per rank yourself and pass "
             "use_distributed_sampler=False to setup_dataloaders."
         )
-    shuffle = isinstance(loader.sampler, RandomSampler)
-    drop_last = bool(batch_sampler.drop_last) if batch_sampler is not None else False
-    batch_size = batch_sampler.batch_size if batch_sampler is not None else loader.batch_size
-    sampler: DistributedSampler[Any] = DistributedSampler(
-        loader.dataset,
-        shuffle=shuffle,
-        drop_last=drop_last,
-        **sampler_kwargs,
-    )
-    worker_init_fn = loader.worker_init_fn
-    if worker_init_fn is None and loader.num_workers > 0:
-        from treadle.seed import make_worker_init_fn
-
-        worker_init_fn = make_worker_init_fn(_base_seed(), global_rank)
-    return DataLoader(
-        loader.dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=loader.num_workers,
-        collate_fn=loader.collate_fn,
-        pin_memory=loader.pin_memory,
-        drop_last=drop_last,
-        timeout=loader.timeout,
-        worker_init_fn=worker_init_fn,
-        multiprocessing_context=loader.multiprocessing_context,
-        generator=loader.generator,
-        prefetch_factor=loader.prefetch_factor if loader.num_workers > 0 else None,
-        persistent_workers=loader.persistent_workers,
-        pin_memory_device=loader.pin_memory_device,
-    )
 
 
-def _base_seed() -> int:
-    import torch
-
-    from treadle.seed import requested_worker_seed
-
+def _worker_seeder(loader: DataLoader[Any], global_rank: int, split: bool) -> WorkerSeeder | None:
+    if loader.num_workers == 0 or loader.worker_init_fn is not None:
+        return None
     requested = requested_worker_seed()
-    if requested is not None:
-        return requested
-    # Derived from torch's global RNG, so seed_everything(seed) makes worker seeds reproducible.
-    return int(torch.initial_seed() % (2**32))
-
-
-def _seed_workers(loader: DataLoader[Any], global_rank: int) -> None:
-    from treadle.seed import make_worker_init_fn, requested_worker_seed
-
-    seed = requested_worker_seed()
-    if seed is not None and loader.num_workers > 0 and loader.worker_init_fn is None:
-        # DataLoader allows this attribute to change after construction; rebuilding the loader would lose
-        # settings of subclasses.
-        loader.worker_init_fn = make_worker_init_fn(seed, global_rank)
+    if requested is None and not split:
+        return None
+    # Without a requested seed, derive one from torch's global RNG, so seed_everything(seed) still makes
+    # worker seeds reproducible.
+    base_seed = requested if requested is not None else int(torch.initial_seed() % (2**32))
+    return make_worker_init_fn(base_seed, global_rank)

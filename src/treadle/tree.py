@@ -14,10 +14,16 @@ def map_tensors(data: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
 
     Other leaves are returned unchanged, and containers keep their type.
     """
-    if isinstance(data, torch.Tensor):
+    return map_leaves(data, fn, _is_tensor)
+
+
+def map_leaves(data: Any, fn: Callable[[Any], Any], is_leaf: Callable[[Any], bool]) -> Any:
+    """Return ``data`` with ``fn`` applied to every value for which ``is_leaf`` holds, through the same
+    containers as ``map_tensors``."""
+    if is_leaf(data):
         return fn(data)
     if isinstance(data, Mapping):
-        mapped = {key: map_tensors(value, fn) for key, value in data.items()}
+        mapped = {key: map_leaves(value, fn, is_leaf) for key, value in data.items()}
         # defaultdict, OrderedDict and friends keep their type; a plain Mapping that cannot be rebuilt
         # from a dict becomes a dict rather than failing mid-step.
         kind: Any = type(data)
@@ -28,21 +34,23 @@ def map_tensors(data: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
         except TypeError:
             return mapped
     if isinstance(data, tuple) and hasattr(data, "_fields"):  # named tuple
-        return type(data)(*(map_tensors(value, fn) for value in data))
+        return type(data)(*(map_leaves(value, fn, is_leaf) for value in data))
     if isinstance(data, (list, tuple)):
-        return type(data)(map_tensors(value, fn) for value in data)
+        return type(data)(map_leaves(value, fn, is_leaf) for value in data)
     if dataclasses.is_dataclass(data) and not isinstance(data, type):
         fields = dataclasses.fields(data)
-        changes = {field.name: map_tensors(getattr(data, field.name), fn) for field in fields if field.init}
+        changes = {
+            field.name: map_leaves(getattr(data, field.name), fn, is_leaf) for field in fields if field.init
+        }
         result = dataclasses.replace(data, **changes)
         # replace() runs __post_init__, which would recompute fields declared with init=False: set those from
         # the mapped originals instead (object.__setattr__ also works on frozen dataclasses).
         for field in fields:
             if not field.init and hasattr(data, field.name):
-                object.__setattr__(result, field.name, map_tensors(getattr(data, field.name), fn))
+                object.__setattr__(result, field.name, map_leaves(getattr(data, field.name), fn, is_leaf))
         return result
     if isinstance(data, Sequence) and not isinstance(data, (str, bytes)):
-        return [map_tensors(value, fn) for value in data]
+        return [map_leaves(value, fn, is_leaf) for value in data]
     return data
 
 
@@ -56,11 +64,13 @@ def move_to_device(data: Any, device: torch.device) -> Any:
 
 
 def numbers_to_tensors(data: Any, device: torch.device) -> Any:
-    """Turn int/float leaves of dicts, lists and tuples into float tensors, so collectives reduce them."""
-    if isinstance(data, (int, float)) and not isinstance(data, bool):
-        return torch.tensor(float(data), device=device)
-    if isinstance(data, dict):
-        return {key: numbers_to_tensors(value, device) for key, value in data.items()}
-    if isinstance(data, (list, tuple)) and not hasattr(data, "_fields"):
-        return type(data)(numbers_to_tensors(value, device) for value in data)
-    return data
+    """Turn int/float leaves of any container ``map_tensors`` walks into float tensors, so collectives reduce them."""
+    return map_leaves(data, lambda number: torch.tensor(float(number), device=device), _is_number)
+
+
+def _is_tensor(value: Any) -> bool:
+    return isinstance(value, torch.Tensor)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

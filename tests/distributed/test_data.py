@@ -72,3 +72,27 @@ def test_workers_get_a_per_rank_seed() -> None:
         DataLoader(list(range(4)), num_workers=1), {"num_replicas": 2, "rank": 0}, 0
     )
     assert unseeded.worker_init_fn.base_seed == 11  # type: ignore[union-attr]
+
+
+def test_iterable_datasets_get_per_rank_worker_seeds_too() -> None:
+    from torch.utils.data import IterableDataset
+
+    class Stream(IterableDataset[int]):
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            yield from range(4)
+
+    seed_everything(7, workers=True)
+    prepared = prepare_dataloader(DataLoader(Stream(), num_workers=1), {"num_replicas": 2, "rank": 1}, 1)
+    assert isinstance(prepared.worker_init_fn, WorkerSeeder) and prepared.worker_init_fn.global_rank == 1
+
+
+def test_rebuilt_loader_keeps_in_order_and_subclasses_are_refused() -> None:
+    loader = DataLoader(list(range(8)), batch_size=2, num_workers=1, in_order=False)
+    prepared = prepare_dataloader(loader, {"num_replicas": 2, "rank": 0}, 0)
+    assert prepared.in_order is False
+
+    class MyLoader(DataLoader[int]):
+        pass
+
+    with pytest.raises(TypeError, match=r"cannot rebuild a MyLoader.*use_distributed_sampler=False"):
+        prepare_dataloader(MyLoader(list(range(4))), {"num_replicas": 2, "rank": 0}, 0)

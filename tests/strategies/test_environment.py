@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import pytest
@@ -130,7 +131,9 @@ def test_code_wins_over_the_command_line_with_a_warning_on_rank_zero() -> None:
     assert merged[4] == "16-mixed"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        apply_launch_settings("auto", "auto", "auto", 1, "16-mixed", environ={**env, "RANK": "1"})
+        # Rank 1 of a launched job (RANK without WORLD_SIZE is no launch, so it would count as rank 0).
+        rank_one = {**env, "RANK": "1", "WORLD_SIZE": "2"}
+        apply_launch_settings("auto", "auto", "auto", 1, "16-mixed", environ=rank_one)
 
 
 def test_equal_values_do_not_warn() -> None:
@@ -149,6 +152,64 @@ def test_objects_compare_by_name() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert apply_launch_settings("auto", strategy, "auto", 1, "32-true", environ=env)[1] is strategy
+
+
+def test_the_conflict_warning_points_at_the_callers_line() -> None:
+    env = settings_environment({}, LaunchSettings(precision="bf16-mixed"))
+    with pytest.warns(UserWarning, match="code wins") as caught:
+        apply_launch_settings("auto", "auto", "auto", 1, "16-mixed", environ=env)
+    assert caught[0].filename == __file__
+
+
+def test_the_conflict_warning_points_at_the_line_that_creates_fabric() -> None:
+    from treadle import Fabric
+
+    env = settings_environment({}, LaunchSettings(precision="bf16-mixed"))
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        with pytest.warns(UserWarning, match="code wins") as caught:
+            Fabric(accelerator="cpu", devices=1, precision="64-true")
+    assert caught[0].filename == __file__
+
+
+def test_the_slurm_rank_decides_who_warns() -> None:
+    slurm = {
+        "SLURM_NTASKS": "2",
+        "SLURM_PROCID": "1",
+        "SLURM_STEP_NUM_TASKS": "2",
+        "SLURM_JOB_NAME": "train",
+    }
+    env = settings_environment(slurm, LaunchSettings(precision="bf16-mixed"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        apply_launch_settings("auto", "auto", "auto", 1, "16-mixed", environ=env)
+    with pytest.warns(UserWarning, match="code wins"):
+        apply_launch_settings("auto", "auto", "auto", 1, "16-mixed", environ={**env, "SLURM_PROCID": "0"})
+
+
+def test_fabrics_own_defaults_give_way_to_the_command_line() -> None:
+    from treadle import Fabric
+
+    parameters = inspect.signature(Fabric.__init__).parameters
+    names = ("accelerator", "strategy", "devices", "num_nodes", "precision")
+    assert tuple(parameters[name].default for name in names) == DEFAULTS
+    env = settings_environment({}, LaunchSettings("cpu", "ddp", "2", 2, "bf16-mixed"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert apply_launch_settings(*DEFAULTS, environ=env) == ("cpu", "ddp", "2", 2, "bf16-mixed")
+    # A value that is not Fabric's default is the code's choice: it stays, with a warning.
+    with pytest.warns(UserWarning, match=r"Fabric\(num_nodes=3\).*--num-nodes 2"):
+        assert apply_launch_settings(*DEFAULTS[:3], 3, "32-true", environ=env)[3] == 3
+
+
+def test_the_port_comes_from_master_port_for_both_launchers() -> None:
+    torchrun = {"RANK": "0", "WORLD_SIZE": "1", "MASTER_PORT": "1234"}
+    slurm = {"SLURM_NTASKS": "1", "SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "1", "MASTER_PORT": "1234"}
+    assert read_environment(torchrun).main_port == read_environment(slurm).main_port == 1234
+    assert read_environment({"RANK": "0", "WORLD_SIZE": "1"}).main_port is None
+    with pytest.raises(RuntimeError, match="MASTER_PORT='x'"):
+        read_environment({**slurm, "MASTER_PORT": "x"})
 
 
 def test_distributed_strategies_import_from_the_package() -> None:

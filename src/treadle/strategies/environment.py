@@ -7,11 +7,14 @@ of the child process (see :func:`rank_environment`); nothing here writes ``os.en
 
 from __future__ import annotations
 
+import inspect
 import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from treadle.errors import caller_stacklevel
 
 # `treadle run` hands its options to Fabric() in the children through these variables.
 SETTING_VARIABLES: dict[str, str] = {
@@ -20,22 +23,6 @@ SETTING_VARIABLES: dict[str, str] = {
     "devices": "TREADLE_DEVICES",
     "num_nodes": "TREADLE_NUM_NODES",
     "precision": "TREADLE_PRECISION",
-}
-# What Fabric's arguments are when the code does not set them; such a value gives way to the launcher's.
-_CODE_DEFAULTS: dict[str, tuple[object, ...]] = {
-    "accelerator": ("auto",),
-    "strategy": ("auto",),
-    "devices": ("auto",),
-    "num_nodes": (1,),
-    "precision": ("32-true", None),
-}
-# The command-line option each setting comes from, for messages.
-_OPTIONS = {
-    "accelerator": "--accelerator",
-    "strategy": "--strategy",
-    "devices": "--devices",
-    "num_nodes": "--num-nodes",
-    "precision": "--precision",
 }
 
 
@@ -99,7 +86,7 @@ def read_environment(environ: Mapping[str, str] | None = None) -> ProcessEnviron
             world_size=world_size,
             local_world_size=local_world_size,
             main_address=env.get("MASTER_ADDR", "127.0.0.1"),
-            main_port=_int(env, "MASTER_PORT") if "MASTER_PORT" in env else None,
+            main_port=_main_port(env),
             launched=True,
             launcher=env.get("TREADLE_LAUNCHER", "torchrun"),
         )
@@ -120,7 +107,7 @@ def read_environment(environ: Mapping[str, str] | None = None) -> ProcessEnviron
             world_size=world_size,
             local_world_size=max(world_size // max(nodes, 1), 1),
             main_address=env.get("MASTER_ADDR", _first_slurm_host(env.get("SLURM_NODELIST", "127.0.0.1"))),
-            main_port=_int(env, "MASTER_PORT") if "MASTER_PORT" in env else _slurm_port(env),
+            main_port=_main_port(env, default=_slurm_port(env)),
             launched=True,
             launcher="slurm",
         )
@@ -211,7 +198,8 @@ def apply_launch_settings(
     """
     env = os.environ if environ is None else environ
     settings = read_launch_settings(env)
-    is_rank_zero = env.get("RANK", env.get("SLURM_PROCID", "0")) == "0"
+    is_rank_zero = read_environment(env).global_rank == 0
+    defaults = _code_defaults()
     given: dict[str, Any] = {
         "accelerator": accelerator,
         "strategy": strategy,
@@ -224,15 +212,15 @@ def apply_launch_settings(
         cli_value = getattr(settings, name)
         if cli_value is None:
             continue
-        if _is_default(name, code_value):
+        if _is_default(code_value, defaults[name]):
             merged[name] = cli_value
         elif is_rank_zero and not _same_setting(name, code_value, cli_value):
+            option = "--" + name.replace("_", "-")
             warnings.warn(
-                f"Fabric({name}={code_value!r}) in the code differs from `treadle run "
-                f"{_OPTIONS[name]} {cli_value}`; the value in the code wins. Remove one of the two to "
-                "silence this warning.",
+                f"Fabric({name}={code_value!r}) in the code differs from `treadle run {option} {cli_value}`; "
+                "the value in the code wins. Remove one of the two to silence this warning.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=caller_stacklevel(),
             )
     return (
         merged["accelerator"],
@@ -243,9 +231,23 @@ def apply_launch_settings(
     )
 
 
-def _is_default(name: str, value: object) -> bool:
+def _code_defaults() -> dict[str, tuple[object, ...]]:
+    # Read from Fabric's signature rather than restated here, so the two cannot drift apart. Imported here:
+    # treadle.fabric imports this module.
+    from treadle.fabric import Fabric
+
+    parameters = inspect.signature(Fabric.__init__).parameters
+    defaults: dict[str, tuple[object, ...]] = {
+        name: (parameters[name].default,) for name in SETTING_VARIABLES
+    }
+    # Fabric(precision=None) also means "the default precision".
+    defaults["precision"] += (None,)
+    return defaults
+
+
+def _is_default(value: object, defaults: tuple[object, ...]) -> bool:
     # Compared by type too: `True == 1`, but Fabric(num_nodes=True) is a mistake, not the default.
-    return any(type(value) is type(default) and value == default for default in _CODE_DEFAULTS[name])
+    return any(type(value) is type(default) and value == default for default in defaults)
 
 
 def _same_setting(name: str, code_value: object, cli_value: object) -> bool:
@@ -270,6 +272,10 @@ def _int(env: Mapping[str, str], key: str, default: int | None = None) -> int:
         raise RuntimeError(
             f"The environment variable {key}={value!r} is not an integer. Check how the job was launched."
         ) from None
+
+
+def _main_port(env: Mapping[str, str], default: int | None = None) -> int | None:
+    return _int(env, "MASTER_PORT") if "MASTER_PORT" in env else default
 
 
 def _first_slurm_host(nodelist: str) -> str:

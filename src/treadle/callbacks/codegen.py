@@ -45,6 +45,7 @@ class Entry:
 
 
 def is_identifier(name: str) -> bool:
+    """Whether ``name`` can be a method or parameter name (the only user strings written into plan code)."""
     return name.isidentifier() and not keyword.iskeyword(name)
 
 

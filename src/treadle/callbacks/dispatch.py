@@ -91,9 +91,6 @@ class CallbackDispatcher:
         state["_rebuild_depth"] = 0
         return state
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-
     @property
     def callbacks(self) -> tuple[object, ...]:
         """The registered callbacks, in call order (a snapshot; use `add` and `remove` to change it)."""

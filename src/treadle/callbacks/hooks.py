@@ -8,10 +8,10 @@ mistake was made instead of silently never running.
 from __future__ import annotations
 
 import difflib
-import keyword
 import warnings
 from typing import Any, TypeVar
 
+from treadle.callbacks.codegen import is_identifier
 from treadle.errors import caller_stacklevel
 
 __all__ = [
@@ -109,10 +109,6 @@ _HOOK_WORDS: dict[str, int] = {word: meaning for meaning, words in enumerate(_SY
 _T = TypeVar("_T")
 
 
-def _is_hook_identifier(name: str) -> bool:
-    return name.isidentifier() and not keyword.iskeyword(name)
-
-
 class HookRegistry:
     """The hook names one `Fabric` knows: `KNOWN_HOOKS`, names declared with `register`, and every name
     fired through `CallbackDispatcher.call`.
@@ -157,7 +153,7 @@ class HookRegistry:
                 f"register_hook(name={name!r}): the hook name must be a str, got {type(name).__name__}. "
                 f"Pass the method name your callbacks implement, e.g. register_hook('on_generate_samples')."
             )
-        if not _is_hook_identifier(name) or not name.startswith("on_"):
+        if not is_identifier(name) or not name.startswith("on_"):
             raise ValueError(
                 f"register_hook(name={name!r}): a hook name must be a Python identifier starting with 'on_', "
                 f"because it is the name of the callback method that implements it. "

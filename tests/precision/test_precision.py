@@ -75,3 +75,13 @@ def test_scaler_state_round_trip() -> None:
     other = parse_precision("16-mixed", "cpu")
     other.load_state_dict(state)
     assert other.state_dict()["scaler"]["scale"] == state["scaler"]["scale"]
+
+
+def test_precision_classes_refuse_dtypes_they_do_not_implement() -> None:
+    with pytest.raises(
+        ValueError, match=r"MixedPrecision\(dtype=torch.float32\).*torch.float16 or torch.bfloat16"
+    ):
+        MixedPrecision(torch.float32, "cpu")
+    with pytest.raises(ValueError, match=r"TruePrecision\(dtype=torch.float32\).*Precision\(\)"):
+        TruePrecision(torch.float32)
+    assert TruePrecision(torch.bfloat16).name == "bf16-true"

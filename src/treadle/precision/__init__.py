@@ -26,10 +26,10 @@ _ALIASES: dict[object, str] = {
 
 # Each factory takes the accelerator's device type (autocast and the grad scaler need it).
 PRECISIONS: dict[str, Callable[[str], Precision]] = {
-    "64-true": lambda device_type: TruePrecision(torch.float64, "64-true"),
+    "64-true": lambda device_type: TruePrecision(torch.float64),
     "32-true": lambda device_type: Precision(),
-    "16-true": lambda device_type: TruePrecision(torch.float16, "16-true"),
-    "bf16-true": lambda device_type: TruePrecision(torch.bfloat16, "bf16-true"),
+    "16-true": lambda device_type: TruePrecision(torch.float16),
+    "bf16-true": lambda device_type: TruePrecision(torch.bfloat16),
     "16-mixed": lambda device_type: MixedPrecision(torch.float16, device_type),
     "bf16-mixed": lambda device_type: MixedPrecision(torch.bfloat16, device_type),
 }

@@ -23,6 +23,11 @@ class MixedPrecision(Precision):
     def __init__(
         self, dtype: torch.dtype, device_type: str, scaler: torch.amp.GradScaler | None = None
     ) -> None:
+        if dtype not in (torch.float16, torch.bfloat16):
+            raise ValueError(
+                f"MixedPrecision(dtype={dtype}) is not supported. Use torch.float16 or torch.bfloat16; for "
+                "full precision use Precision()."
+            )
         self.dtype = dtype
         self.device_type = device_type
         self.name = "16-mixed" if dtype == torch.float16 else "bf16-mixed"  # type: ignore[misc]

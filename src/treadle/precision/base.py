@@ -54,6 +54,7 @@ class Precision:
         self.pre_backward(tensor).backward(*args, **kwargs)  # type: ignore[no-untyped-call]
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer, **kwargs: Any) -> Any:
+        """Step ``optimizer`` (through the grad scaler, where there is one); returns what ``step`` returns."""
         return optimizer.step(**kwargs)
 
     def unscale_gradients(self, optimizer: torch.optim.Optimizer) -> None:
@@ -65,6 +66,7 @@ class Precision:
         return None
 
     def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint must keep of this precision (the grad scaler's state, where there is one)."""
         return {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -12,16 +12,31 @@ from torch import nn
 from treadle.precision.base import Precision
 from treadle.tree import map_tensors
 
+_NAMES = {torch.float64: "64-true", torch.float16: "16-true", torch.bfloat16: "bf16-true"}
+
 
 class TruePrecision(Precision):
-    """Everything in ``dtype``: the module is cast at setup, floating inputs are cast at each forward."""
+    """Everything in ``dtype``: the module is cast at setup, floating inputs are cast at each forward.
 
-    def __init__(self, dtype: torch.dtype, name: str) -> None:
+    Args:
+        dtype: ``torch.float64``, ``torch.float16`` or ``torch.bfloat16`` (``"32-true"`` is the base
+            ``Precision``, which casts nothing).
+
+    Raises:
+        ValueError: another dtype.
+    """
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        if dtype not in _NAMES:
+            raise ValueError(
+                f"TruePrecision(dtype={dtype}) is not supported. Use one of: {', '.join(map(str, _NAMES))}; "
+                "for float32 use Precision()."
+            )
         self.dtype = dtype
-        self.name = name  # type: ignore[misc]  # per-instance: one class serves all four dtypes
+        self.name = _NAMES[dtype]  # type: ignore[misc]  # per-instance: one class serves three dtypes
 
     def convert_module(self, module: nn.Module) -> nn.Module:
-        return module.to(dtype=self.dtype) if self.dtype != torch.float32 else module
+        return module.to(dtype=self.dtype)
 
     @contextlib.contextmanager
     def module_init_context(self) -> Iterator[None]:
@@ -38,8 +53,6 @@ class TruePrecision(Precision):
             torch.set_default_dtype(previous)
 
     def convert_input(self, data: Any) -> Any:
-        if self.dtype == torch.float32:
-            return data
         return map_tensors(data, self._cast)
 
     def convert_output(self, data: Any) -> Any:

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 
 from treadle.strategies.environment import LaunchSettings, settings_environment
 
-_ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps")
 # torchrun's own default port for jobs spanning several machines, which must agree on it in advance.
 _MULTI_NODE_PORT = 29500
 
@@ -30,6 +29,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         add_run_arguments(parser)
         args = parser.parse_args(["--devices", "2", "train.py", "--lr", "0.1"])
     """
+    from treadle.accelerators import ACCELERATOR_CHOICES
     from treadle.precision import PRECISIONS
     from treadle.strategies import STRATEGIES
 
@@ -38,7 +38,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "torch.distributed.run. Fabric() in the script picks up the options; arguments given to Fabric in the "
         "code win."
     )
-    parser.add_argument("--accelerator", choices=_ACCELERATORS, default=None, help="hardware (default: auto)")
+    parser.add_argument(
+        "--accelerator", choices=ACCELERATOR_CHOICES, default=None, help="hardware (default: auto)"
+    )
     parser.add_argument(
         "--strategy",
         choices=["auto", *STRATEGIES],
@@ -48,7 +50,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--devices",
         default="1",
-        help="processes on this machine: a number, or 'auto'/-1 for one per GPU (default: 1)",
+        help=(
+            "processes on this machine, as for Fabric(devices=...): a number, device indices such as 0,1, "
+            "'auto' (one per GPU, else 1) or -1 (every device) (default: 1)"
+        ),
     )
     parser.add_argument(
         "--num-nodes", type=int, default=1, help="machines taking part in the job (default: 1)"
@@ -91,10 +96,11 @@ def run_command(args: argparse.Namespace, extra_argv: Sequence[str]) -> int:
     if error is not None:
         print(f"treadle run: error: {error}", file=sys.stderr)
         return 2
-    processes = _processes_per_node(args.devices, args.accelerator)
-    if isinstance(processes, str):
-        print(f"treadle run: error: {processes}", file=sys.stderr)
+    devices = _local_devices(args.devices, args.accelerator)
+    if isinstance(devices, str):
+        print(f"treadle run: error: {devices}", file=sys.stderr)
         return 2
+    processes = len(devices)
     port = args.main_port
     if port is None:
         if args.num_nodes == 1:
@@ -119,7 +125,8 @@ def run_command(args: argparse.Namespace, extra_argv: Sequence[str]) -> int:
     settings = LaunchSettings(
         accelerator=args.accelerator,
         strategy=args.strategy,
-        devices=str(processes),
+        # A count unless particular devices were named, so that `--devices 1,3` reaches Fabric as such.
+        devices=str(processes) if devices == list(range(processes)) else ",".join(map(str, devices)),
         num_nodes=args.num_nodes,
         precision=args.precision,
     )
@@ -154,19 +161,12 @@ def _validate(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _processes_per_node(devices: str, accelerator: str | None) -> int | str:
-    text = str(devices).strip().lower()
-    if text in ("auto", "-1"):
-        if accelerator in (None, "auto", "cuda", "gpu"):
-            import torch
+def _local_devices(devices: str, accelerator: str | None) -> list[int] | str:
+    # The same parsers as Fabric(accelerator=..., devices=...), so the command line accepts what the code does,
+    # and asking for more GPUs than the machine has fails here rather than in every spawned process.
+    from treadle.accelerators import parse_accelerator, parse_devices
 
-            if torch.cuda.is_available():
-                return torch.cuda.device_count()
-        return 1
     try:
-        count = int(text)
-    except ValueError:
-        return f"--devices {devices!r} must be a number of processes, or 'auto'/-1 for one per GPU."
-    if count < 1:
-        return f"--devices {devices!r} must be at least 1 (or 'auto'/-1 for one per GPU)."
-    return count
+        return parse_devices(devices, parse_accelerator(accelerator or "auto"))
+    except (ValueError, RuntimeError) as error:
+        return f"--accelerator {accelerator or 'auto'} --devices {devices}: {error}"

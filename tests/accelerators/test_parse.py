@@ -49,3 +49,12 @@ def test_all_devices() -> None:
 def test_bad_devices(devices: object) -> None:
     with pytest.raises(ValueError, match="devices="):
         parse_devices(devices, CPUAccelerator())  # type: ignore[arg-type]
+
+
+def test_the_public_choices_are_what_the_parser_lists() -> None:
+    from treadle.accelerators import ACCELERATOR_CHOICES
+
+    with pytest.raises(ValueError) as raised:
+        parse_accelerator("tpu")
+    assert f"Choose one of: {', '.join(map(repr, ACCELERATOR_CHOICES))}," in str(raised.value)
+    assert "cpu" in ACCELERATOR_CHOICES and "auto" in ACCELERATOR_CHOICES

@@ -14,10 +14,12 @@ ACCELERATORS: dict[str, type[Accelerator]] = {
     "cuda": CUDAAccelerator,
     "mps": MPSAccelerator,
 }
-_CHOICES = ("auto", "cpu", "cuda", "gpu", "mps")
+# What `accelerator=` (and `treadle run --accelerator`) accepts as a string.
+ACCELERATOR_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda", "gpu", "mps")
 
 __all__ = [
     "ACCELERATORS",
+    "ACCELERATOR_CHOICES",
     "Accelerator",
     "CPUAccelerator",
     "CUDAAccelerator",
@@ -31,10 +33,10 @@ def parse_accelerator(accelerator: str | Accelerator) -> Accelerator:
     """Turn ``Fabric(accelerator=...)`` into an Accelerator, checking that the hardware is there."""
     if isinstance(accelerator, Accelerator):
         return accelerator
-    if not isinstance(accelerator, str) or accelerator.lower() not in _CHOICES:
+    if not isinstance(accelerator, str) or accelerator.lower() not in ACCELERATOR_CHOICES:
         raise ValueError(
             f"Fabric(accelerator={accelerator!r}) is not an accelerator. "
-            f"Choose one of: {', '.join(map(repr, _CHOICES))}, or pass an Accelerator instance."
+            f"Choose one of: {', '.join(map(repr, ACCELERATOR_CHOICES))}, or pass an Accelerator instance."
         )
     name = accelerator.lower()
     if name == "auto":

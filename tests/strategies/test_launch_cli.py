@@ -1,0 +1,107 @@
+"""`treadle run` reads --accelerator and --devices with Fabric's own parsers (no processes are started)."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+from treadle.accelerators import ACCELERATOR_CHOICES, CUDAAccelerator
+from treadle.launch_cli import add_run_arguments, run_command
+
+Started = list[tuple[list[str], dict[str, str]]]
+
+
+class FakeLauncher:
+    """Stands in for subprocess.Popen: records the torchrun command and its environment."""
+
+    started: Started = []
+
+    def __init__(self, command: Sequence[str], env: Mapping[str, str]) -> None:
+        FakeLauncher.started.append((list(command), dict(env)))
+
+    def wait(self, timeout: float | None = None) -> int:
+        return 0
+
+
+@pytest.fixture
+def launched(monkeypatch: pytest.MonkeyPatch) -> Started:
+    FakeLauncher.started = []
+    monkeypatch.setattr(subprocess, "Popen", FakeLauncher)
+    return FakeLauncher.started
+
+
+@pytest.fixture
+def two_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(CUDAAccelerator, "is_available", staticmethod(lambda: True))
+    monkeypatch.setattr(CUDAAccelerator, "device_count", staticmethod(lambda: 2))
+
+
+def treadle_run(tmp_path: Path, *options: str) -> int:
+    script = tmp_path / "train.py"
+    script.write_text("")
+    parser = argparse.ArgumentParser(prog="treadle run")
+    add_run_arguments(parser)
+    args, extra = parser.parse_known_args([*options, str(script)])
+    return run_command(args, extra)
+
+
+def nproc(command: list[str]) -> str:
+    (option,) = [part for part in command if part.startswith("--nproc-per-node=")]
+    return option.split("=", 1)[1]
+
+
+def test_a_list_of_devices_is_accepted_as_by_fabric(tmp_path: Path, launched: Started) -> None:
+    assert treadle_run(tmp_path, "--accelerator", "cpu", "--devices", "0,1") == 0
+    ((command, env),) = launched
+    assert nproc(command) == "2"
+    assert env["TREADLE_DEVICES"] == "2"
+
+
+def test_named_gpus_reach_fabric_as_named(tmp_path: Path, launched: Started, two_gpus: None) -> None:
+    assert treadle_run(tmp_path, "--accelerator", "cuda", "--devices", "1") == 0
+    assert treadle_run(tmp_path, "--accelerator", "gpu", "--devices", "1,0") == 0
+    assert [(nproc(command), env["TREADLE_DEVICES"]) for command, env in launched] == [
+        ("1", "1"),
+        ("2", "1,0"),
+    ]
+
+
+def test_more_gpus_than_the_machine_has_fail_before_starting(
+    tmp_path: Path,
+    launched: Started,
+    two_gpus: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert treadle_run(tmp_path, "--accelerator", "cuda", "--devices", "8") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("treadle run: error: --accelerator cuda --devices 8:")
+    assert "only 2 are visible" in err
+    assert launched == []
+
+
+@pytest.mark.parametrize(
+    ("devices", "message"),
+    [("nope", "is not a device selection"), ("0", "is not a device selection"), ("0,0", "twice")],
+)
+def test_bad_devices_are_a_clear_error(
+    tmp_path: Path,
+    launched: Started,
+    capsys: pytest.CaptureFixture[str],
+    devices: str,
+    message: str,
+) -> None:
+    assert treadle_run(tmp_path, "--accelerator", "cpu", "--devices", devices) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("treadle run: error: ") and message in err
+    assert launched == []
+
+
+def test_the_accelerator_choices_are_the_accelerators_own() -> None:
+    parser = argparse.ArgumentParser()
+    add_run_arguments(parser)
+    (action,) = [a for a in parser._actions if a.dest == "accelerator"]
+    assert tuple(action.choices or ()) == ACCELERATOR_CHOICES

@@ -13,14 +13,28 @@ import contextlib
 import os
 import pickle
 import re
-import secrets
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 import torch
 
-__all__ = ["MissingKeysError", "atomic_save", "load_checkpoint", "load_raw", "save_checkpoint", "to_saveable"]
+from treadle.errors import add_note
+from treadle.files import atomic_open
+
+__all__ = [
+    "MissingKeysError",
+    "atomic_save",
+    "check_filter",
+    "check_missing_keys",
+    "load_checkpoint",
+    "load_raw",
+    "restore_entries",
+    "restoring",
+    "save_checkpoint",
+    "to_saveable",
+    "unwrap_compiled",
+]
 
 # How many names an error message lists before it summarises the rest.
 _MAX_LISTED = 10
@@ -59,7 +73,7 @@ def to_saveable(
             f"state must be a dict mapping names to objects, got {type(state).__name__}. "
             "Wrap what you save in a dict, e.g. {'model': model, 'optimizer': optimizer}."
         )
-    predicates = _check_filter(state, filter)
+    predicates = check_filter(state, filter)
     saveable: dict[str, Any] = {}
     for key, value in state.items():
         converted = _state_of(value)
@@ -93,28 +107,8 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
     Example:
         >>> atomic_save({"step": 10}, "checkpoints/last.pt")  # doctest: +SKIP
     """
-    target = os.path.abspath(os.fspath(path))
-    if os.path.isdir(target):
-        raise IsADirectoryError(
-            f"Cannot save a checkpoint to {os.fspath(path)!r}: it is an existing folder. "
-            "Pass a file path such as 'checkpoints/last.pt'."
-        )
-    folder = os.path.dirname(target)
-    os.makedirs(folder, exist_ok=True)
-    temporary, fd = _create_temporary(folder, os.path.basename(target))
-    try:
-        with os.fdopen(fd, "wb") as file:
-            torch.save(obj, file)
-            file.flush()
-            # Without fsync the rename can reach the disk before the data does, and a power loss then
-            # leaves an empty or partial file under the final name.
-            os.fsync(file.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    _fsync_folder(folder)
+    with atomic_open(path, "wb") as file:
+        torch.save(obj, file)
 
 
 def save_checkpoint(
@@ -192,36 +186,8 @@ def load_checkpoint(
             "cannot restore state. Call load_checkpoint(path) without state to get the object back."
         )
     remainder = dict(checkpoint)
-    missing = [key for key in state if key not in remainder]
-    if strict and missing:
-        hint = ""
-        if remainder and all(isinstance(value, torch.Tensor) for value in remainder.values()):
-            hint = (
-                " It looks like a bare state dict (every entry is a tensor); load it into the module "
-                "with load_raw(path, model) instead."
-            )
-        raise MissingKeysError(
-            f"Checkpoint {shown!r} has no entry for {_listing(missing)} of state. It holds: "
-            f"{_listing(list(remainder)) or 'nothing'}. Pass strict=False to skip missing keys, or remove "
-            f"them from state.{hint}"
-        )
-    for key in list(state):
-        if key not in remainder:
-            continue
-        entry = remainder.pop(key)
-        target = _unwrap_compiled(state[key])
-        if _has_method(target, "load_state_dict"):
-            try:
-                if isinstance(target, torch.nn.Module):
-                    target.load_state_dict(entry, strict=strict)
-                else:
-                    target.load_state_dict(entry)
-            except Exception as error:
-                _add_note(error, f"(while restoring state[{key!r}] from checkpoint {shown!r})")
-                raise
-        else:
-            state[key] = entry
-    return remainder
+    check_missing_keys(shown, state, remainder, strict)
+    return restore_entries(state, remainder, shown, strict=strict)
 
 
 def load_raw(
@@ -249,7 +215,7 @@ def load_raw(
         >>> torch.save(pretrained.state_dict(), "backbone.pt")  # doctest: +SKIP
         >>> load_raw("backbone.pt", model)  # doctest: +SKIP
     """
-    target = _unwrap_compiled(obj)
+    target = unwrap_compiled(obj)
     if not isinstance(target, (torch.nn.Module, torch.optim.Optimizer)):
         raise TypeError(
             f"load_raw(obj=...) takes a torch.nn.Module or torch.optim.Optimizer, got {type(obj).__name__}. "
@@ -270,7 +236,7 @@ def load_raw(
         else:
             target.load_state_dict(dict(raw))
     except Exception as error:
-        _add_note(error, f"(while loading {shown!r} into {type(target).__name__})")
+        add_note(error, f"(while loading {shown!r} into {type(target).__name__})")
         raise
 
 
@@ -282,9 +248,118 @@ class MissingKeysError(KeyError):
         return str(self.args[0])
 
 
-def _check_filter(
+def check_missing_keys(path: str, state: Mapping[str, Any], saved: Mapping[str, Any], strict: bool) -> None:
+    """With ``strict``, raise :class:`MissingKeysError` if ``state`` has keys that ``saved`` lacks.
+
+    Shared by every strategy's loading, so a missing key reads the same whatever wrote the checkpoint.
+
+    Args:
+        path: The checkpoint, as the user passed it (for the message).
+        state: What the user asked to restore.
+        saved: The checkpoint's entries (only the keys are read).
+        strict: False skips the check.
+
+    Raises:
+        MissingKeysError: ``strict`` and keys of ``state`` are not in ``saved``; the message lists both.
+
+    Example:
+        >>> check_missing_keys("last.pt", {"model": None}, {"model": {}}, strict=True)
+    """
+    missing = [key for key in state if key not in saved]
+    if not strict or not missing:
+        return
+    hint = ""
+    if saved and all(isinstance(value, torch.Tensor) for value in saved.values()):
+        hint = (
+            " It looks like a bare state dict (every entry is a tensor); load it into the module "
+            "with load_raw(path, model) instead."
+        )
+    raise MissingKeysError(
+        f"Checkpoint {path!r} has no entry for {_listing(missing)} of state. It holds: "
+        f"{_listing(list(saved)) or 'nothing'}. Pass strict=False to skip missing keys, or remove "
+        f"them from state.{hint}"
+    )
+
+
+def restore_entries(
+    state: MutableMapping[str, Any],
+    saved: dict[str, Any],
+    path: str,
+    *,
+    strict: bool,
+    keys: Iterable[str] | None = None,
+) -> dict[str, Any]:
+    """Restore the ``keys`` of ``state`` (default: all) from ``saved``, popping each entry it uses.
+
+    An object with ``load_state_dict`` (a ``torch.compile`` wrapper is unwrapped first) is restored in
+    place, modules with ``strict``; any other value is replaced in ``state`` by the saved one. Keys that
+    ``saved`` lacks are skipped (see :func:`check_missing_keys`).
+
+    Args:
+        state: What the user asked to restore; plain values are written back into it.
+        saved: The checkpoint's entries; the ones used are removed.
+        path: The checkpoint, as the user passed it (for the note on a failure).
+        strict: Passed to modules' ``load_state_dict``.
+        keys: The keys to restore, for callers that restore some entries themselves.
+
+    Returns:
+        ``saved``, minus the entries used.
+
+    Raises:
+        Exception: Whatever ``load_state_dict`` raised, with a note naming the key and the checkpoint.
+
+    Example:
+        >>> state = {"step": 0}
+        >>> restore_entries(state, {"step": 5, "extra": 1}, "last.pt", strict=True), state
+        ({'extra': 1}, {'step': 5})
+    """
+    for key in list(state) if keys is None else list(keys):
+        if key not in saved:
+            continue
+        entry = saved.pop(key)
+        target = unwrap_compiled(state[key])
+        if not _has_method(target, "load_state_dict"):
+            state[key] = entry
+            continue
+        with restoring(key, path):
+            if isinstance(target, torch.nn.Module):
+                target.load_state_dict(entry, strict=strict)
+            else:
+                target.load_state_dict(entry)
+    return saved
+
+
+@contextlib.contextmanager
+def restoring(key: str, path: str) -> Iterator[None]:
+    """Add a note naming ``state[key]`` and the checkpoint to any exception raised in the block.
+
+    The exception keeps its type (callers may catch the ValueError an optimizer raises), and the note
+    says which entry failed.
+
+    Example:
+        >>> with restoring("model", "last.pt"):  # doctest: +SKIP
+        ...     model.load_state_dict(entry)
+    """
+    try:
+        yield
+    except Exception as error:
+        add_note(error, f"(while restoring state[{key!r}] from checkpoint {path!r})")
+        raise
+
+
+def check_filter(
     state: Mapping[str, Any], filter: Mapping[str, Callable[[str, Any], bool]] | None
 ) -> Mapping[str, Callable[[str, Any], bool]]:
+    """Check a ``filter`` argument against ``state``; return it (``{}`` for None).
+
+    Raises:
+        TypeError: ``filter`` is not a mapping, or one of its values is not callable.
+        ValueError: ``filter`` names keys that ``state`` does not have; the message lists the valid ones.
+
+    Example:
+        >>> list(check_filter({"model": None}, {"model": lambda name, value: True}))
+        ['model']
+    """
     if filter is None:
         return {}
     if not isinstance(filter, Mapping):
@@ -320,13 +395,14 @@ def _filtered(entries: Mapping[str, Any], keep: Callable[[str, Any], bool]) -> d
 
 
 def _state_of(value: Any) -> Any:
-    unwrapped = _unwrap_compiled(value)
+    unwrapped = unwrap_compiled(value)
     if _has_method(unwrapped, "state_dict"):
         return unwrapped.state_dict()
     return value
 
 
-def _unwrap_compiled(obj: Any) -> Any:
+def unwrap_compiled(obj: Any) -> Any:
+    """The module inside a ``torch.compile`` wrapper (through any nesting); other objects unchanged."""
     # torch.compile wraps a module in an OptimizedModule whose state dict prefixes every name with
     # `_orig_mod.`; the original module gives clean names that also load into an uncompiled model.
     inner = getattr(obj, "_orig_mod", None)
@@ -339,33 +415,6 @@ def _unwrap_compiled(obj: Any) -> Any:
 def _has_method(obj: Any, name: str) -> bool:
     # A class (rather than an instance) also has the method, but calling it unbound would fail.
     return not isinstance(obj, type) and callable(getattr(obj, name, None))
-
-
-def _create_temporary(folder: str, name: str) -> tuple[str, int]:
-    # Created by hand rather than with tempfile.mkstemp, which makes the file 0600: the checkpoint should
-    # get the same permissions (0666 minus the umask) as any file the user writes.
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    while True:
-        temporary = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.tmp")
-        try:
-            return temporary, os.open(temporary, flags, 0o666)
-        except FileExistsError:
-            continue
-
-
-def _fsync_folder(folder: str) -> None:
-    # Makes the rename itself durable. Best effort: some platforms (Windows) and filesystems cannot open or
-    # fsync a folder, and the file is already complete and in place.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _read(path: str | os.PathLike[str], *, weights_only: bool) -> Any:
@@ -465,11 +514,3 @@ def _listing(names: list[Any]) -> str:
     if len(names) > _MAX_LISTED:
         shown += f", ... ({len(names) - _MAX_LISTED} more)"
     return shown
-
-
-def _add_note(error: BaseException, note: str) -> None:
-    # Keeps the original exception type (callers may catch ValueError from an optimizer) while saying
-    # which entry failed; notes exist from Python 3.11 on.
-    add_note = getattr(error, "add_note", None)
-    if callable(add_note):
-        add_note(note)

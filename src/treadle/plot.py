@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from treadle.loggers.base import atomic_open
+from treadle.files import atomic_open
+from treadle.loggers.base import version_folders
 from treadle.loggers.csv import METRICS_FILE, read_csv_metrics
 from treadle.optional import require
 
@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 __all__ = ["plot_metrics"]
 
 _FORMATS: tuple[Literal["png", "svg", "pdf"], ...] = ("png", "svg", "pdf")
-_VERSION_FOLDER = re.compile(r"version_(\d+)")
 # From this many points on, a noisy curve is drawn faint with a smoothed one over it; shorter series
 # (typically per-epoch validation metrics) are drawn as they are, with markers.
 _SMOOTH_FROM = 20
@@ -108,7 +107,6 @@ def plot_metrics(
         ax.set_visible(False)
     figure.suptitle(f"{csv_path.parent.parent.name}/{csv_path.parent.name}", fontsize="medium")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(out, "wb") as file:
         figure.savefig(file, format=image_format, dpi=120)
     return out
@@ -118,14 +116,11 @@ def _find_metrics_csv(log_dir: Path) -> Path:
     direct = log_dir / METRICS_FILE
     if direct.is_file():
         return direct
-    versions: list[tuple[int, Path]] = []
     if log_dir.is_dir():
-        for child in log_dir.iterdir():
-            match = _VERSION_FOLDER.fullmatch(child.name)
-            if match is not None and (child / METRICS_FILE).is_file():
-                versions.append((int(match.group(1)), child / METRICS_FILE))
-    if versions:
-        return max(versions)[1]
+        candidates = {n: folder / METRICS_FILE for n, folder in version_folders(log_dir).items()}
+        with_metrics = [n for n, csv_path in candidates.items() if csv_path.is_file()]
+        if with_metrics:
+            return candidates[max(with_metrics)]
     raise FileNotFoundError(
         f"No {METRICS_FILE} in {log_dir} or in a version_<N> folder under it. Pass the folder a CSVLogger "
         f"wrote to (its log_dir, e.g. 'logs/treadle_logs/version_0'), and make sure the logger was saved "

@@ -4,17 +4,17 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import operator
 import os
 import re
-import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Literal, Protocol, SupportsIndex, TextIO, overload, runtime_checkable
+from typing import Any, Protocol, SupportsIndex, runtime_checkable
 
-__all__ = ["FolderLogger", "Logger", "RunFolder", "atomic_open", "next_version"]
+# Re-exported: the CSV logger and the profiler callback import it from here.
+from treadle.files import atomic_open
+
+__all__ = ["FolderLogger", "Logger", "RunFolder", "atomic_open", "next_version", "version_folders"]
 
 PREFIX_SEPARATOR = "/"
 """Joins a logger's ``prefix`` to each metric name. ``/`` because TensorBoard groups tags into sections at
@@ -77,6 +77,26 @@ class Logger(Protocol):
     def finalize(self, status: str) -> None: ...
 
 
+def version_folders(experiment_dir: str | os.PathLike[str]) -> dict[int, Path]:
+    """The ``version_<N>`` folders in ``experiment_dir``, by ``N``.
+
+    Files and folders with other names are ignored; a missing ``experiment_dir`` counts as empty.
+
+    Example:
+        >>> version_folders("/no/such/folder")
+        {}
+    """
+    try:
+        entries = list(os.scandir(experiment_dir))
+    except FileNotFoundError:
+        return {}
+    return {
+        int(match.group(1)): Path(entry.path)
+        for entry in entries
+        if (match := _VERSION_FOLDER.fullmatch(entry.name)) is not None and entry.is_dir()
+    }
+
+
 def next_version(experiment_dir: str | os.PathLike[str]) -> int:
     """One above the highest ``version_<N>`` folder in ``experiment_dir``, or 0 when there is none.
 
@@ -86,16 +106,7 @@ def next_version(experiment_dir: str | os.PathLike[str]) -> int:
         >>> next_version("/no/such/folder")
         0
     """
-    try:
-        entries = list(os.scandir(experiment_dir))
-    except FileNotFoundError:
-        return 0
-    found = [
-        int(match.group(1))
-        for entry in entries
-        if (match := _VERSION_FOLDER.fullmatch(entry.name)) is not None and entry.is_dir()
-    ]
-    return max(found) + 1 if found else 0
+    return max(version_folders(experiment_dir), default=-1) + 1
 
 
 class RunFolder:
@@ -309,58 +320,6 @@ def to_number(name: str, value: object, where: str) -> int | float:
             f"{where} got metric {name!r} = {value!r} ({type(value).__name__}), which is not a number. "
             f"Log scalars only: a Python number or a tensor with one element."
         ) from None
-
-
-@overload
-def atomic_open(path: str | os.PathLike[str], mode: Literal["w"]) -> AbstractContextManager[TextIO]: ...
-
-
-@overload
-def atomic_open(path: str | os.PathLike[str], mode: Literal["wb"]) -> AbstractContextManager[BinaryIO]: ...
-
-
-def atomic_open(path: str | os.PathLike[str], mode: Literal["w", "wb"]) -> AbstractContextManager[IO[Any]]:
-    """Open a temporary file next to ``path`` that replaces ``path`` only when the block exits cleanly.
-
-    Readers see either the old file or the complete new one, never a half-written file, even if the
-    process dies mid-write. On error the temporary file is removed and ``path`` is left untouched. Text
-    mode writes UTF-8 with no newline translation (what the ``csv`` module expects).
-
-    Example:
-        >>> import tempfile, pathlib
-        >>> target = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
-        >>> with atomic_open(target, "w") as f:
-        ...     _ = f.write("hello")
-        >>> target.read_text()
-        'hello'
-    """
-    return _atomic_open(Path(path), mode)
-
-
-@contextlib.contextmanager
-def _atomic_open(path: Path, mode: Literal["w", "wb"]) -> Iterator[IO[Any]]:
-    # os.open with 0o666 rather than tempfile.mkstemp: mkstemp makes the file 0o600, and os.replace would
-    # carry that onto the final file, hiding logs from other users. 0o666 lets the umask decide as usual.
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        if mode == "w":
-            file: IO[Any] = os.fdopen(fd, "w", encoding="utf-8", newline="")
-        else:
-            file = os.fdopen(fd, "wb")
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    try:
-        with file:
-            yield file
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def params_to_dict(params: Mapping[str, Any] | argparse.Namespace, where: str) -> dict[str, Any]:

@@ -22,9 +22,47 @@ def test_plot_writes_the_curves(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert f"curves written to {tmp_path / 'c.png'}" in capsys.readouterr().out
 
 
-def test_plot_of_a_folder_without_a_log_says_so(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+def test_plot_of_a_folder_without_a_log_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
         main(["plot", str(tmp_path)])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("treadle plot: error: ") and str(tmp_path) in err
+    assert "Traceback" not in err
+
+
+def test_plot_of_a_missing_folder_is_an_error_without_a_traceback(tmp_path: Path) -> None:
+    missing = tmp_path / "nonexistent"
+    finished = subprocess.run(
+        [sys.executable, "-m", "treadle", "plot", str(missing)], capture_output=True, text=True, timeout=60
+    )
+    assert finished.returncode == 2
+    assert finished.stderr.startswith("treadle plot: error: ") and str(missing) in finished.stderr
+    assert "Traceback" not in finished.stderr
+
+
+def test_plot_of_an_unknown_metric_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    logger = CSVLogger(tmp_path, name="run")
+    logger.log_metrics({"train_loss": 1.0}, step=0)
+    logger.finalize("success")
+    with pytest.raises(SystemExit) as exited:
+        main(["plot", str(Path(logger.log_dir)), "-m", "nope", "-o", str(tmp_path / "c.png")])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.startswith("treadle plot: error: ")
+
+
+def test_plot_without_matplotlib_names_the_install(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logger = CSVLogger(tmp_path, name="run")
+    logger.log_metrics({"train_loss": 1.0}, step=0)
+    logger.finalize("success")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
+    with pytest.raises(SystemExit) as exited:
+        main(["plot", str(Path(logger.log_dir)), "-o", str(tmp_path / "c.png")])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("treadle plot: error: ") and "pip install" in err
 
 
 def test_help_lists_the_commands() -> None:

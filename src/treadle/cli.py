@@ -11,6 +11,17 @@ from collections.abc import Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of the ``treadle`` command, with its ``run``, ``demo`` and ``plot`` subcommands.
+
+    Returns:
+        A parser whose ``parse_known_args`` gives ``command`` (the subcommand, or None) and its options;
+        the arguments it does not know are the script's, for ``run``.
+
+    Example::
+
+        args, extra = build_parser().parse_known_args(["plot", "logs/run/version_0", "-m", "loss"])
+        assert args.command == "plot" and args.metric == ["loss"]
+    """
     parser = argparse.ArgumentParser(prog="treadle", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -57,7 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "plot":
         from treadle.plot import plot_metrics
 
-        path = plot_metrics(args.log_dir, output=args.output, metrics=args.metric)
+        try:
+            path = plot_metrics(args.log_dir, output=args.output, metrics=args.metric)
+        except (FileNotFoundError, ValueError, ModuleNotFoundError) as error:
+            # A missing log, an unknown metric or no matplotlib: the message says what to do; a traceback
+            # would only bury it.
+            parser.exit(2, f"treadle plot: error: {error}\n")
         print(f"curves written to {path}")
         return 0
     parser.print_help()

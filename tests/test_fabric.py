@@ -499,3 +499,48 @@ def test_seed_everything_seeds_dataloader_workers_on_one_device() -> None:
     fabric.seed_everything(7, workers=False)
     plain = fabric.setup_dataloaders(DataLoader(TensorDataset(torch.arange(4.0)), num_workers=2))
     assert plain.worker_init_fn is None
+
+
+def test_load_raw_unwraps_set_up_objects(tmp_path: Any) -> None:
+    fabric = Fabric(accelerator="cpu")
+    source = make_model()
+    torch.save(source.state_dict(), tmp_path / "weights.pt")
+    target = make_model()
+    with torch.no_grad():
+        for parameter in target.parameters():
+            parameter.zero_()
+    model = fabric.setup(target)
+    fabric.load_raw(tmp_path / "weights.pt", model)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), source.parameters(), strict=True))
+    with pytest.raises(ValueError, match="weights_only=False"):
+        fabric.load_raw(tmp_path / "weights.pt", model, weights_only=False)
+
+
+def test_callbacks_can_be_removed_and_instrumented_through_fabric() -> None:
+    class Hello:
+        def on_x(self) -> str:
+            return "hello"
+
+    first, second = Hello(), Hello()
+    fabric = Fabric(accelerator="cpu", callbacks=[first, second])
+    seen: list[tuple[str, str]] = []
+
+    def wrapper(callback: object, hook: str, method: Any) -> Any:
+        def timed() -> Any:
+            seen.append((type(callback).__name__, hook))
+            return method()
+
+        return timed
+
+    fabric.instrument_callbacks(wrapper)
+    assert fabric.call("on_x") == ["hello", "hello"] and seen == [("Hello", "on_x")] * 2
+    fabric.instrument_callbacks(None)
+    fabric.remove_callback(first)
+    assert fabric.callbacks == (second,) and fabric.call("on_x") == ["hello"] and len(seen) == 2
+
+
+def test_hooks_argument_must_be_a_list_of_names() -> None:
+    with pytest.raises(TypeError, match=r"Fabric\(hooks=123\) must be a list of hook names"):
+        Fabric(accelerator="cpu", hooks=123)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"Fabric\(hooks='on_x'\)"):
+        Fabric(accelerator="cpu", hooks="on_x")

@@ -16,8 +16,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from treadle import checkpoint
+from treadle import seed as seeding
 from treadle.accelerators import Accelerator
 from treadle.callbacks import CallbackDispatcher, HookRegistry
+from treadle.callbacks.plan import MethodWrapper
+from treadle.data import prepare_dataloader
 from treadle.loggers.base import metric_value, parse_loggers
 from treadle.precision import Precision, PrecisionInput
 from treadle.settings import build_runtime
@@ -78,8 +82,12 @@ class Fabric:
         self._accelerator, self._precision, self._strategy = build_runtime(
             accelerator, strategy, devices, num_nodes, precision
         )
+        if isinstance(hooks, str) or not isinstance(hooks, Sequence):
+            raise TypeError(
+                f"Fabric(hooks={hooks!r}) must be a list of hook names, e.g. hooks=['on_my_event']."
+            )
         registry = HookRegistry()
-        for name in [hooks] if isinstance(hooks, str) else hooks:
+        for name in hooks:
             registry.register(name)
         self._callbacks = CallbackDispatcher(
             callbacks, strict_hooks=strict_hooks, global_rank=self._strategy.global_rank, registry=registry
@@ -221,9 +229,7 @@ class Fabric:
             self._hook_arguments.clear()
             self._hook_arguments.update(previous)
 
-    def instrument_callbacks(
-        self, wrapper: Callable[[object, str, Callable[..., Any]], Callable[..., Any]] | None
-    ) -> None:
+    def instrument_callbacks(self, wrapper: MethodWrapper | None) -> None:
         """Route every callback method that ``call`` invokes through ``wrapper(callback, hook, method)``.
 
         This is how the Profiler times each hook of each callback. ``None`` removes the wrapper.
@@ -312,12 +318,9 @@ class Fabric:
             model, optimizer = fabric.setup(model, optimizer)
         """
         wrapped = self.setup_module(module, move_to_device=move_to_device)
-        wrapped_optimizers = self.setup_optimizers(*optimizers) if optimizers else ()
-        if isinstance(wrapped_optimizers, FabricOptimizer):
-            wrapped_optimizers = (wrapped_optimizers,)
         if not optimizers and scheduler is None:
             return wrapped
-        result: tuple[Any, ...] = (wrapped, *wrapped_optimizers)
+        result = (wrapped, *(self._setup_optimizer(opt, i + 1, "setup") for i, opt in enumerate(optimizers)))
         return (*result, scheduler) if scheduler is not None else result
 
     def setup_module(self, module: nn.Module, move_to_device: bool = True) -> FabricModule:
@@ -347,14 +350,15 @@ class Fabric:
         if not optimizers:
             raise ValueError("Fabric.setup_optimizers() needs at least one optimizer.")
         self._require_environment("setup_optimizers")
-        wrapped = []
-        for position, optimizer in enumerate(optimizers):
-            check_unwrapped(optimizer, position, FabricOptimizer, torch.optim.Optimizer, "setup_optimizers")
-            prepared = self._strategy.setup_optimizer(optimizer)
-            wrapped.append(
-                FabricOptimizer(prepared, self._strategy, self._callbacks.call, self._hook_arguments)
-            )
-        return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
+        wrapped = tuple(self._setup_optimizer(opt, i, "setup_optimizers") for i, opt in enumerate(optimizers))
+        return wrapped[0] if len(wrapped) == 1 else wrapped
+
+    def _setup_optimizer(
+        self, optimizer: torch.optim.Optimizer, position: int, method: str
+    ) -> FabricOptimizer:
+        check_unwrapped(optimizer, position, FabricOptimizer, torch.optim.Optimizer, method)
+        prepared = self._strategy.setup_optimizer(optimizer)
+        return FabricOptimizer(prepared, self._strategy, self._callbacks.call, self._hook_arguments)
 
     def setup_dataloaders(
         self, *dataloaders: DataLoader[Any], use_distributed_sampler: bool = True, move_to_device: bool = True
@@ -368,8 +372,6 @@ class Fabric:
         if not dataloaders:
             raise ValueError("Fabric.setup_dataloaders() needs at least one DataLoader.")
         self._require_environment("setup_dataloaders")
-        from treadle.data import prepare_dataloader  # the sampler logic is only needed here
-
         device = self.device if move_to_device and self.device.type != "cpu" else None
         wrapped = []
         for position, loader in enumerate(dataloaders):
@@ -548,9 +550,7 @@ class Fabric:
         Returns:
             The seed used (a random one when ``seed`` is None, printed if ``verbose``).
         """
-        from treadle.seed import seed_everything
-
-        chosen = seed_everything(seed, workers=True if workers is None else workers)
+        chosen = seeding.seed_everything(seed, workers=True if workers is None else workers)
         if seed is None and verbose:
             print(f"seed_everything: using seed {chosen}")
         return chosen
@@ -617,13 +617,11 @@ class Fabric:
                 "Fabric.load_raw(weights_only=False): a bare state dict holds only tensors and plain values, "
                 "so it always loads with weights_only=True. Use fabric.load() for checkpoints with other objects."
             )
-        from treadle.checkpoint import load_raw
-
         if isinstance(obj, FabricModule):
             obj = obj.module
         elif isinstance(obj, FabricOptimizer):
             obj = obj.optimizer
-        load_raw(os.fspath(path), obj, strict=strict)
+        checkpoint.load_raw(os.fspath(path), obj, strict=strict)
 
     def __repr__(self) -> str:
         return (

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from treadle.checkpoint import unwrap_compiled
 from treadle.precision import Precision
 from treadle.strategies import Strategy
 from treadle.tree import move_to_device
@@ -23,12 +24,6 @@ from treadle.tree import move_to_device
 _MISSING = object()
 
 Dispatch = Callable[..., list[Any]]
-
-
-def unwrap_compiled(module: nn.Module) -> nn.Module:
-    """The module inside a ``torch.compile`` wrapper (whose state dict keys carry ``_orig_mod.``)."""
-    inner = getattr(module, "_orig_mod", None)
-    return inner if isinstance(inner, nn.Module) else module
 
 
 class FabricModule(nn.Module):
@@ -46,19 +41,17 @@ class FabricModule(nn.Module):
         # Not a registered submodule: registering it twice would duplicate parameters in .parameters().
         object.__setattr__(self, "_original_module", original_module)
         object.__setattr__(self, "_precision", precision)
-        object.__setattr__(self, "_plain_precision", type(precision) is Precision)
+        plain = type(precision) is Precision
+        object.__setattr__(self, "_plain_precision", plain)
         # Methods other than forward must run through forward when something acts there (DDP's gradient
         # hooks, FSDP's unsharding, autocast); otherwise `model.training_step(...)` would silently skip it.
-        object.__setattr__(
-            self,
-            "_redirect_methods",
-            forward_module is not original_module or type(precision) is not Precision,
-        )
+        object.__setattr__(self, "_redirect_methods", forward_module is not original_module or not plain)
 
     @property
     def module(self) -> nn.Module:
         """The user's module as it was passed to ``setup`` (unwrapped from torch.compile)."""
-        return unwrap_compiled(self._original_module)
+        module: nn.Module = unwrap_compiled(self._original_module)
+        return module
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self._plain_precision:  # 32-true: nothing to cast or enter, keep the step free of overhead
@@ -164,6 +157,7 @@ class FabricOptimizer(torch.optim.Optimizer):
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer that was set up (as the strategy prepared it)."""
         return self.__dict__["_optimizer"]  # type: ignore[no-any-return]
 
     @property
@@ -252,10 +246,12 @@ class FabricDataLoader:
 
     @property
     def dataloader(self) -> DataLoader[Any]:
+        """The DataLoader being iterated (with a DistributedSampler put in, where one was needed)."""
         return self._dataloader
 
     @property
     def device(self) -> torch.device | None:
+        """Where batches are moved, or None when they stay where the loader puts them (CPU)."""
         return self._device
 
     def __len__(self) -> int:

@@ -11,6 +11,8 @@ from treadle.accelerators.base import Accelerator
 
 
 class CPUAccelerator(Accelerator):
+    """The CPU. ``devices=N`` runs N processes, each on the CPU."""
+
     name: ClassVar[str] = "cpu"
     device_type: ClassVar[str] = "cpu"
 

@@ -10,6 +10,8 @@ from treadle.accelerators.base import Accelerator
 
 
 class CUDAAccelerator(Accelerator):
+    """NVIDIA (or ROCm) GPUs; each process binds to its own device with ``torch.cuda.set_device``."""
+
     name: ClassVar[str] = "cuda"
     device_type: ClassVar[str] = "cuda"
 

@@ -10,6 +10,8 @@ from treadle.accelerators.base import Accelerator
 
 
 class MPSAccelerator(Accelerator):
+    """The GPU of Apple silicon (one device)."""
+
     name: ClassVar[str] = "mps"
     device_type: ClassVar[str] = "mps"
 

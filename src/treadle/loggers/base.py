@@ -348,11 +348,14 @@ def parse_loggers(loggers: Any) -> list[Any]:
     return parsed
 
 
-def metric_value(name: str, value: Any) -> Any:
-    """A logged value as a plain number: 0-d and one-element tensors become Python numbers.
+def metric_value(name: str, value: Any) -> int | float:
+    """A value given to ``Fabric.log`` as a Python number, converted once for every logger.
+
+    Ints stay exact; one-element tensors and numpy scalars become Python numbers.
 
     Raises:
         ValueError: ``value`` is a tensor with more than one element.
+        TypeError: ``value`` is not a number.
     """
     # Duck-typed so that this module does not import torch.
     if hasattr(value, "numel") and hasattr(value, "item"):
@@ -361,5 +364,12 @@ def metric_value(name: str, value: Any) -> Any:
                 f"Fabric.log({name!r}, ...) got a tensor of shape {tuple(value.shape)}; only single numbers "
                 "can be logged. Reduce it first, e.g. value.mean()."
             )
-        return value.item()
-    return value
+        value = value.item()
+    try:
+        return to_number(name, value, "Fabric.log")
+    except TypeError:
+        # Raised here, where the user's call is, rather than by whichever logger happens to come first.
+        raise TypeError(
+            f"Fabric.log({name!r}, ...) got {value!r} ({type(value).__name__}), which is not a number. "
+            "Log an int, a float or a tensor with one element; put text in logger.log_hyperparams(...)."
+        ) from None

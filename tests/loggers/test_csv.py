@@ -405,3 +405,35 @@ def test_run_folder_path_for_each_version_kind(tmp_path: Path) -> None:
     assert RunFolder(tmp_path, "n", None, owner="X").path == tmp_path / "n" / "version_0"
     assert RunFolder(tmp_path, "n", 2, owner="X").path == tmp_path / "n" / "version_2"
     assert RunFolder(tmp_path, "n", "best", owner="X").path == tmp_path / "n" / "best"
+
+
+def test_fabric_log_of_a_non_number_is_blamed_on_the_call_not_the_logger(tmp_path: Path) -> None:
+    from treadle import Fabric
+
+    logger = CSVLogger(tmp_path)
+    fabric = Fabric(accelerator="cpu", devices=1, loggers=logger)
+    with pytest.raises(TypeError) as raised:
+        fabric.log("x", "abc")
+    message = str(raised.value)
+    assert message.startswith("Fabric.log('x', ...) got 'abc' (str), which is not a number.")
+    assert "tensor with one element" in message and "CSVLogger" not in message
+    with pytest.raises(TypeError, match=r"Fabric.log\('w', \.\.\.\) got \[1\.0\] \(list\)"):
+        fabric.log_dict({"ok": 1.0, "w": [1.0]})
+    # Nothing reached the logger from the failed calls; direct callers still get the logger's own check.
+    fabric.log("x", torch.tensor(3))
+    logger.finalize("success")
+    assert read_csv_metrics(metrics_file(logger)) == {"x": [(None, 3.0)]}
+    with pytest.raises(TypeError, match=r"CSVLogger.log_metrics got metric 'x' = 'abc'"):
+        CSVLogger(tmp_path).log_metrics({"x": "abc"})
+
+
+def test_fabric_log_keeps_ints_exact(tmp_path: Path) -> None:
+    from treadle import Fabric
+
+    logger = CSVLogger(tmp_path)
+    Fabric(accelerator="cpu", devices=1, loggers=logger).log_dict(
+        {"n": torch.tensor(2**53 + 1), "m": 7}, step=0
+    )
+    logger.finalize("success")
+    header, row = (line.split(",") for line in metrics_file(logger).read_text().splitlines())
+    assert dict(zip(header, row, strict=True)) == {"step": "0", "n": str(2**53 + 1), "m": "7"}

@@ -167,6 +167,10 @@ def _local_devices(devices: str, accelerator: str | None) -> list[int] | str:
     from treadle.accelerators import parse_accelerator, parse_devices
 
     try:
-        return parse_devices(devices, parse_accelerator(accelerator or "auto"))
-    except (ValueError, RuntimeError) as error:
-        return f"--accelerator {accelerator or 'auto'} --devices {devices}: {error}"
+        parsed = parse_accelerator(accelerator or "auto")
+    except RuntimeError as error:  # the hardware is missing; argparse already checked the name
+        return f"--accelerator {accelerator}: {error}"
+    try:
+        return parse_devices(devices, parsed, argument=f"--devices {devices!r}")
+    except ValueError as error:
+        return str(error)

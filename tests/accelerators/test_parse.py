@@ -58,3 +58,10 @@ def test_the_public_choices_are_what_the_parser_lists() -> None:
         parse_accelerator("tpu")
     assert f"Choose one of: {', '.join(map(repr, ACCELERATOR_CHOICES))}," in str(raised.value)
     assert "cpu" in ACCELERATOR_CHOICES and "auto" in ACCELERATOR_CHOICES
+
+
+def test_errors_name_the_value_as_the_caller_wrote_it() -> None:
+    with pytest.raises(ValueError, match=r"^Fabric\(devices=0\) must be at least 1"):
+        parse_devices(0, CPUAccelerator())
+    with pytest.raises(ValueError, match=r"^--devices 'x' must be a number of devices"):
+        parse_devices("x", CPUAccelerator(), argument="--devices 'x'")

@@ -78,14 +78,14 @@ def test_more_gpus_than_the_machine_has_fail_before_starting(
 ) -> None:
     assert treadle_run(tmp_path, "--accelerator", "cuda", "--devices", "8") == 2
     err = capsys.readouterr().err
-    assert err.startswith("treadle run: error: --accelerator cuda --devices 8:")
+    assert err.startswith("treadle run: error: --devices '8' asks for 8 cuda devices")
     assert "only 2 are visible" in err
     assert launched == []
 
 
 @pytest.mark.parametrize(
     ("devices", "message"),
-    [("nope", "is not a device selection"), ("0", "is not a device selection"), ("0,0", "twice")],
+    [("nope", "'nope' must be a number of devices"), ("0", "'0' must be at least 1"), ("0,0", "twice")],
 )
 def test_bad_devices_are_a_clear_error(
     tmp_path: Path,
@@ -105,3 +105,13 @@ def test_the_accelerator_choices_are_the_accelerators_own() -> None:
     add_run_arguments(parser)
     (action,) = [a for a in parser._actions if a.dest == "accelerator"]
     assert tuple(action.choices or ()) == ACCELERATOR_CHOICES
+
+
+def test_a_missing_accelerator_is_a_clear_error(
+    tmp_path: Path, launched: Started, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(CUDAAccelerator, "is_available", staticmethod(lambda: False))
+    assert treadle_run(tmp_path, "--accelerator", "cuda", "--devices", "1") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("treadle run: error: --accelerator cuda: ") and "not available" in err
+    assert launched == []

@@ -61,13 +61,30 @@ def parse_accelerator(accelerator: str | Accelerator) -> Accelerator:
     return chosen()
 
 
-def parse_devices(devices: int | str | Sequence[int], accelerator: Accelerator) -> list[int]:
+def parse_devices(
+    devices: int | str | Sequence[int], accelerator: Accelerator, *, argument: str | None = None
+) -> list[int]:
     """Turn ``Fabric(devices=...)`` into a list of device indices on ``accelerator``.
 
     Accepts a positive int (the first N devices), ``-1`` (all), ``"auto"``, a list of indices, or the same as
     strings (``"2"``, ``"0,1"``, ``"-1"``).
+
+    Args:
+        devices: the selection, as the user gave it.
+        accelerator: the devices' kind; GPUs are checked against what torch sees.
+        argument: how errors name the value, e.g. ``"--devices '8'"``; default ``"Fabric(devices=...)"``.
+
+    Returns:
+        The indices of the devices to use, one per process on this machine.
+
+    Raises:
+        ValueError: ``devices`` is not a selection, or names devices this machine does not have.
+
+    Example::
+
+        assert parse_devices("0,1", CPUAccelerator()) == [0, 1]
     """
-    original = devices
+    where = f"Fabric(devices={devices!r})" if argument is None else argument
     if isinstance(devices, str):
         text = devices.strip()
         if text == "auto":
@@ -78,19 +95,19 @@ def parse_devices(devices: int | str | Sequence[int], accelerator: Accelerator) 
             else:
                 devices = int(text)
         except ValueError:
-            raise ValueError(_devices_error(original)) from None
+            raise ValueError(_devices_error(where)) from None
     if isinstance(devices, bool):
-        raise ValueError(_devices_error(original))
+        raise ValueError(_devices_error(where))
     available = accelerator.device_count()
     if isinstance(devices, int):
         if devices == -1:
             return list(range(available))
         if devices < 1:
-            raise ValueError(_devices_error(original))
+            raise ValueError(f"{where} must be at least 1 device, or -1 for all of them.")
         if accelerator.name != "cpu" and devices > available:
             raise ValueError(
-                f"Fabric(devices={original!r}) asks for {devices} {accelerator.name} devices, "
-                f"but only {available} are visible. Lower `devices`, or use devices=-1 for all of them."
+                f"{where} asks for {devices} {accelerator.name} devices, but only {available} are visible. "
+                "Ask for fewer, or use -1 for all of them."
             )
         return list(range(devices))
     if (
@@ -100,24 +117,24 @@ def parse_devices(devices: int | str | Sequence[int], accelerator: Accelerator) 
     ):
         indices = [int(i) for i in devices]
         if len(set(indices)) != len(indices):
-            raise ValueError(f"Fabric(devices={original!r}) lists a device twice. List each index once.")
+            raise ValueError(f"{where} lists a device twice. List each index once.")
         if accelerator.name == "cpu":
             # CPU indices carry no identity; a list only says how many processes to run.
             return list(range(len(indices)))
         bad = [i for i in indices if not 0 <= i < available]
         if bad:
             raise ValueError(
-                f"Fabric(devices={original!r}) names {accelerator.name} device(s) {bad}, but the visible "
+                f"{where} names {accelerator.name} device(s) {bad}, but the visible "
                 f"indices are 0..{available - 1}. Pick indices from that range."
             )
         return indices
-    raise ValueError(_devices_error(original))
+    raise ValueError(_devices_error(where))
 
 
-def _devices_error(value: object) -> str:
+def _devices_error(where: str) -> str:
     return (
-        f"Fabric(devices={value!r}) is not a device selection. Use a positive int (how many), -1 (all), "
-        "'auto', or a list of device indices such as [0, 1]."
+        f"{where} must be a number of devices (a positive int), -1 (all), 'auto', or a list of device "
+        "indices such as [0, 1]."
     )
 
 

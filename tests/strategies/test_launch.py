@@ -60,3 +60,23 @@ def test_run_rejects_an_unknown_strategy(capsys: pytest.CaptureFixture[str]) -> 
     with pytest.raises(SystemExit):
         main(["run", "--strategy", "ddp_find_unused", "train.py"])
     assert "invalid choice: 'ddp_find_unused'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("has_prctl", [True, False])
+def test_children_die_with_the_parent_only_where_prctl_exists(
+    monkeypatch: pytest.MonkeyPatch, has_prctl: bool
+) -> None:
+    import subprocess
+
+    from treadle.strategies import launch
+
+    seen: list[object] = []
+
+    class FakePopen:
+        def __init__(self, command: list[str], env: dict[str, str], preexec_fn: object = None) -> None:
+            seen.append(preexec_fn)
+
+    monkeypatch.setattr(launch, "_PRCTL", (lambda *args: 0) if has_prctl else None)
+    monkeypatch.setattr(subprocess, "Popen", FakePopen)
+    launch._LocalRanks().start(1, ["python", "train.py"], {})
+    assert seen == [launch._die_with_parent if has_prctl else None]

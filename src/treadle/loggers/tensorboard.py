@@ -156,7 +156,10 @@ class TensorBoardLogger(FolderLogger):
 
 
 def _flatten(params: Mapping[str, Any], parent: str = "") -> dict[str, bool | int | float | str]:
-    import torch  # already loaded with the SummaryWriter; imported here to keep this module light
+    # Here rather than at the top: the loggers package keeps torch out of its module-level imports (base.py
+    # duck-types tensors for the same reason), so only the code that can meet a tensor depends on it. It
+    # costs nothing: `import treadle` has loaded torch already.
+    import torch
 
     flat: dict[str, bool | int | float | str] = {}
     for key, value in params.items():

@@ -197,7 +197,9 @@ class _LocalRanks:
         self._ended = False
 
     def start(self, rank: int, command: list[str], env: dict[str, str]) -> None:
-        process = subprocess.Popen(command, env=env, preexec_fn=_die_with_parent if _HAS_PRCTL else None)
+        process = subprocess.Popen(
+            command, env=env, preexec_fn=_die_with_parent if _PRCTL is not None else None
+        )
         self.children.append((rank, process))
 
     def watch(self) -> None:
@@ -296,7 +298,6 @@ def _load_prctl() -> Any:
 
 
 _PRCTL = _load_prctl()
-_HAS_PRCTL = _PRCTL is not None
 _PR_SET_PDEATHSIG = 1
 
 

@@ -143,7 +143,7 @@ class Strategy:
 
     def setup_environment(self) -> None:
         """Bind this process to its device (and, in subclasses, join the process group)."""
-        assert self.accelerator is not None
+        assert self.accelerator is not None, "connect() runs in Fabric.__init__"
         self.accelerator.setup_device(self.root_device)
 
     def teardown(self) -> None:
@@ -262,9 +262,29 @@ class Strategy:
         filter: Mapping[str, Callable[[str, Any], bool]] | None = None,
     ) -> None:
         """Write ``state`` to ``path`` atomically (global rank 0 writes; everyone waits)."""
-        if self.is_global_zero:
-            checkpoint.save_checkpoint(path, state, filter=filter)
-        self.barrier("save_checkpoint")
+        self.run_on_rank_zero(
+            lambda: checkpoint.save_checkpoint(path, state, filter=filter), f"write the checkpoint {path!r}"
+        )
+
+    def run_on_rank_zero(self, action: Callable[[], object], what: str) -> None:
+        """Run ``action`` on global rank 0 only, with every rank returning once it is done.
+
+        With one process that is just ``action()``. Multi-process strategies make the other ranks wait for
+        rank 0 and raise too if it failed, so that no rank hangs at the next collective.
+
+        Args:
+            action: The work only rank 0 does, such as writing a file.
+            what: The work in words (``"write the checkpoint 'last.pt'"``) for the other ranks' error.
+
+        Raises:
+            Exception: Whatever ``action`` raised (on rank 0); a RuntimeError naming ``what`` elsewhere.
+
+        Example:
+            >>> strategy = Strategy()
+            >>> strategy.run_on_rank_zero(lambda: print("only once"), "print a line")
+            only once
+        """
+        action()
 
     def load_checkpoint(
         self, path: str, state: dict[str, Any] | None, strict: bool, weights_only: bool

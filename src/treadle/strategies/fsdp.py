@@ -97,8 +97,10 @@ class FSDPStrategy(ParallelStrategy):
         self.state_dict_type: StateDictType = state_dict_type
         self._mesh: Any = None
         # Sharding replaces every parameter object; optimizers made before setup still hold the old ones.
-        # Keyed by id, with a weak reference to check that the id still belongs to the same old parameter.
-        self._replaced: dict[int, tuple[weakref.ref[nn.Parameter], nn.Parameter]] = {}
+        # Keyed by the old parameter's id. Both references are weak: the table must not keep the sharded
+        # parameters of a discarded model alive, and an entry removes itself when its old parameter dies
+        # (so its id cannot be reused while the entry exists).
+        self._replaced: dict[int, tuple[weakref.ref[nn.Parameter], weakref.ref[nn.Parameter]]] = {}
         self._sharded_modules: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
     # --- modules and optimizers ---------------------------------------------------------------------------
@@ -131,26 +133,45 @@ class FSDPStrategy(ParallelStrategy):
         for name, parameter in module.named_parameters():
             old = before.get(name)
             if old is not None and old is not parameter:
-                self._replaced[id(old)] = (weakref.ref(old), parameter)
+                self._remember_replacement(old, parameter)
         self._sharded_modules.add(module)
         return module
 
     def setup_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-        """Point ``optimizer`` at the sharded parameters if it was created on the model before setup."""
-        swaps = 0
+        """Point ``optimizer`` at the sharded parameters if it was created on the model before setup.
+
+        Raises:
+            RuntimeError: ``optimizer`` already has state for parameters that sharding replaced; the
+                optimizer is left unchanged.
+        """
+        swaps: list[tuple[list[Any], int, nn.Parameter]] = []
         for group in optimizer.param_groups:
             params = group["params"]
             for index, parameter in enumerate(params):
                 entry = self._replaced.get(id(parameter))
-                if entry is not None and entry[0]() is parameter:
-                    params[index] = entry[1]
-                    swaps += 1
+                sharded = entry[1]() if entry is not None and entry[0]() is parameter else None
+                if sharded is not None:
+                    swaps.append((params, index, sharded))
+        # Checked before anything changes: a half re-targeted optimizer would be worse than either state.
         if swaps and optimizer.state:
             raise RuntimeError(
                 "This optimizer already has state (it stepped) for parameters that FSDP has since replaced by "
                 "sharded ones. Create the optimizer fresh, or set it up before training with it."
             )
+        for params, index, sharded in swaps:
+            params[index] = sharded
         return optimizer
+
+    def _remember_replacement(self, old: nn.Parameter, new: nn.Parameter) -> None:
+        key = id(old)
+        table = self._replaced
+
+        def forget(dead: weakref.ref[nn.Parameter]) -> None:
+            entry = table.get(key)
+            if entry is not None and entry[0] is dead:
+                del table[key]
+
+        table[key] = (weakref.ref(old, forget), weakref.ref(new))
 
     def no_backward_sync(self, module: nn.Module, enabled: bool) -> contextlib.AbstractContextManager[Any]:
         """Accumulate unsharded gradients locally (no reduce-scatter) until the context ends."""

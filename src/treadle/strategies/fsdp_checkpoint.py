@@ -11,6 +11,7 @@ load into a sharded model too.
 from __future__ import annotations
 
 import os
+import pickle
 import secrets
 import shutil
 from collections.abc import Callable, Mapping
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from treadle import checkpoint
+from treadle.errors import add_note
 
 if TYPE_CHECKING:
     from treadle.strategies.fsdp import FSDPStrategy
@@ -35,27 +37,41 @@ def save_sharded(strategy: FSDPStrategy, path: str, state: Mapping[str, Any], fi
     from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
     modules, optimizers, others = _classify(strategy, state)
-    _check_filter_keys(state, filter)
+    filter = checkpoint.check_filter(state, filter)
     sharded: dict[str, Any] = {key: get_model_state_dict(module) for key, module in modules.items()}
     for key, (optimizer, owner) in optimizers.items():
         sharded[key] = get_optimizer_state_dict(owner, optimizer)
-    for key, keep in (filter or {}).items():
+    for key, keep in filter.items():
         if key in sharded:
             sharded[key] = {name: value for name, value in sharded[key].items() if keep(name, value)}
-    rest_filter = {key: keep for key, keep in (filter or {}).items() if key in others}
-    rest = checkpoint.to_saveable(others, rest_filter)
+
+    # Only rank 0 writes meta.pt, so only it converts the unsharded entries. It does so before any shard is
+    # written, and shares a failure (with the folder name it picks) so that every rank raises the same error.
+    rest: dict[str, Any] = {}
+    failure: Exception | None = None
+    if strategy.is_global_zero:
+        try:
+            rest = checkpoint.to_saveable(others, {k: keep for k, keep in filter.items() if k in others})
+        except Exception as error:
+            failure = error
+    token, shared = strategy.broadcast(
+        (secrets.token_hex(6), _shareable(failure)) if strategy.is_global_zero else ("", None), src=0
+    )
+    if failure is not None:
+        raise failure
+    if shared is not None:
+        add_note(shared, "(raised on rank 0 while preparing the checkpoint's unsharded entries)")
+        raise shared
 
     target = os.path.abspath(path)
     parent, name = os.path.split(target)
-    # Every rank must write into the same new folder; rank 0 picks its name.
-    token = strategy.broadcast(secrets.token_hex(6) if strategy.is_global_zero else "", src=0)
     staging = os.path.join(parent, f".{name}.{token}.tmp")
     if strategy.is_global_zero:
         os.makedirs(staging, exist_ok=True)
     strategy.barrier("save_sharded")
-    meta = {"format": _FORMAT, "sharded_keys": list(sharded), "state": rest}
     try:
         dcp_save(sharded, checkpoint_id=staging)
+        meta = {"format": _FORMAT, "sharded_keys": list(sharded), "state": rest}
         strategy.run_on_rank_zero(
             lambda: checkpoint.atomic_save(meta, os.path.join(staging, META_FILE)),
             f"write {META_FILE} in {staging!r}",
@@ -78,6 +94,7 @@ def save_full(strategy: FSDPStrategy, path: str, state: Mapping[str, Any], filte
     )
 
     modules, optimizers, _ = _classify(strategy, state)
+    checkpoint.check_filter(state, filter)  # on every rank, so that a bad filter fails the same everywhere
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     converted = dict(state)
     for key, module in modules.items():
@@ -109,16 +126,18 @@ def load(
 
     saved = checkpoint.load_checkpoint(path, None, weights_only=weights_only)
     modules, optimizers, others = _classify(strategy, state)
-    _check_missing(path, state, saved, strict)
+    checkpoint.check_missing_keys(path, state, saved, strict)
     options = StateDictOptions(full_state_dict=True, strict=strict)
     for key, module in modules.items():
         if key in saved:
-            _note_errors(key, path, set_model_state_dict, module, saved.pop(key), options=options)
+            with checkpoint.restoring(key, path):
+                set_model_state_dict(module, saved.pop(key), options=options)
     for key, (optimizer, owner) in optimizers.items():
         if key in saved:
-            entry = _keyed_by_name(saved.pop(key), optimizer, owner)
-            _note_errors(key, path, set_optimizer_state_dict, owner, optimizer, entry, options=options)
-    return _restore_others(others, state, saved, path, strict)
+            with checkpoint.restoring(key, path):
+                entry = _keyed_by_name(saved.pop(key), optimizer, owner)
+                set_optimizer_state_dict(owner, optimizer, entry, options=options)
+    return checkpoint.restore_entries(state, saved, path, strict=strict, keys=others)
 
 
 def _load_sharded(
@@ -141,6 +160,13 @@ def _load_sharded(
             "folder that fabric.save wrote with FSDPStrategy(state_dict_type='sharded'), or a checkpoint file."
         )
     meta = checkpoint.load_checkpoint(meta_path, None, weights_only=weights_only)
+    found = meta.get("format") if isinstance(meta, dict) else None
+    if found != _FORMAT:
+        raise ValueError(
+            f"{path!r} is a sharded checkpoint in format {found!r}, but this treadle reads {_FORMAT!r}. Load "
+            "it with the treadle version that wrote it and save it again, or save it there with "
+            "FSDPStrategy(state_dict_type='full'), which every version reads."
+        )
     sharded_keys = list(meta.get("sharded_keys", []))
     saved_rest: dict[str, Any] = dict(meta.get("state", {}))
     if state is None:
@@ -155,7 +181,7 @@ def _load_sharded(
         )
     modules, optimizers, others = _classify(strategy, state)
     available = {key: None for key in [*sharded_keys, *saved_rest]}
-    _check_missing(path, state, available, strict)
+    checkpoint.check_missing_keys(path, state, available, strict)
     template: dict[str, Any] = {}
     for key, module in modules.items():
         if key in sharded_keys:
@@ -169,13 +195,13 @@ def _load_sharded(
     options = StateDictOptions(strict=strict)
     for key, module in modules.items():
         if key in template:
-            _note_errors(key, path, set_model_state_dict, module, template[key], options=options)
+            with checkpoint.restoring(key, path):
+                set_model_state_dict(module, template[key], options=options)
     for key, (optimizer, owner) in optimizers.items():
         if key in template:
-            _note_errors(
-                key, path, set_optimizer_state_dict, owner, optimizer, template[key], options=options
-            )
-    return _restore_others(others, state, saved_rest, path, strict)
+            with checkpoint.restoring(key, path):
+                set_optimizer_state_dict(owner, optimizer, template[key], options=options)
+    return checkpoint.restore_entries(state, saved_rest, path, strict=strict, keys=others)
 
 
 def _classify(
@@ -197,6 +223,7 @@ def _classify(
     for key, value in state.items():
         inner = value.module if isinstance(value, FabricModule) else value
         inner = value.optimizer if isinstance(value, FabricOptimizer) else inner
+        inner = checkpoint.unwrap_compiled(inner)
         if isinstance(inner, FSDPModule) and isinstance(inner, nn.Module):
             modules[key] = inner
         elif isinstance(inner, torch.optim.Optimizer):
@@ -249,45 +276,17 @@ def _keyed_by_name(saved: Any, optimizer: torch.optim.Optimizer, owner: nn.Modul
     return {"state": {name_of(i): value for i, value in saved["state"].items()}, "param_groups": groups}
 
 
-def _restore_others(
-    others: dict[str, Any], state: dict[str, Any], saved: dict[str, Any], path: str, strict: bool
-) -> dict[str, Any]:
-    for key, target in others.items():
-        if key not in saved:
-            continue
-        entry = saved.pop(key)
-        load_state_dict = getattr(target, "load_state_dict", None)
-        if callable(load_state_dict) and not isinstance(target, type):
-            extra = {"strict": strict} if isinstance(target, nn.Module) else {}
-            _note_errors(key, path, load_state_dict, entry, **extra)
-        else:
-            state[key] = entry
-    return saved
-
-
-def _check_missing(path: str, state: Mapping[str, Any], saved: Mapping[str, Any], strict: bool) -> None:
-    missing = [key for key in state if key not in saved]
-    if strict and missing:
-        raise KeyError(
-            f"Checkpoint {path!r} has no entry for {', '.join(map(repr, missing))} of state. It holds: "
-            f"{', '.join(map(repr, saved)) or 'nothing'}. Pass strict=False to skip missing keys."
-        )
-
-
-def _check_filter_keys(state: Mapping[str, Any], filter: Filter | None) -> None:
-    unknown = [key for key in (filter or {}) if key not in state]
-    if unknown:
-        raise KeyError(f"filter has {', '.join(map(repr, unknown))}, which state does not have.")
-
-
-def _note_errors(key: str, path: str, restore: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+def _shareable(error: Exception | None) -> Exception | None:
+    """``error`` if it survives pickling (to send to the other ranks), else a RuntimeError carrying its text."""
+    if error is None:
+        return None
     try:
-        restore(*args, **kwargs)
-    except Exception as error:
-        add_note = getattr(error, "add_note", None)  # Python 3.11+
-        if callable(add_note):
-            add_note(f"(while restoring state[{key!r}] from checkpoint {path!r})")
-        raise
+        copy = pickle.loads(pickle.dumps(error))
+    except Exception:
+        copy = None
+    if isinstance(copy, Exception):
+        return copy
+    return RuntimeError(f"Rank 0 failed to prepare the checkpoint: {type(error).__name__}: {error}")
 
 
 def _replace_folder(staging: str, target: str, token: str) -> None:

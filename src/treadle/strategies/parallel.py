@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import atexit
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, ClassVar, Literal, TypeVar, get_args
 
 import torch
 import torch.distributed as dist
 
-from treadle import checkpoint
 from treadle.strategies.base import ReduceOp, Strategy
 from treadle.strategies.environment import ProcessEnvironment
 from treadle.strategies.launch import find_free_port, spawn_ranks, start_local_ranks
@@ -154,8 +153,7 @@ class ParallelStrategy(Strategy):
         self.environment = environment
 
     def setup_environment(self) -> None:
-        assert self.accelerator is not None, "connect() runs in Fabric.__init__"
-        self.accelerator.setup_device(self.root_device)
+        super().setup_environment()
         if dist.is_initialized():
             # The user (or a test harness) created the default group already; reuse it if it fits.
             if dist.get_world_size() != self.world_size or dist.get_rank() != self.global_rank:
@@ -201,35 +199,29 @@ class ParallelStrategy(Strategy):
         super().teardown()
 
     def _require_group(self, what: str) -> None:
+        self._join_group(f"Fabric.{what}() needs")
+
+    def _join_group(self, who_needs: str) -> None:
         if dist.is_initialized():
             return
         if self.launched:
             self.setup_environment()
             return
         raise RuntimeError(
-            f"Fabric.{what}() needs the processes of the job, which were not started yet. Call fabric.launch() "
+            f"{who_needs} the processes of the job, which were not started yet. Call fabric.launch() "
             "first (or start the script with torchrun / `treadle run`)."
         )
 
     # --- checkpoints ----------------------------------------------------------------------------------
-    def save_checkpoint(
-        self,
-        path: str,
-        state: Mapping[str, Any],
-        filter: Mapping[str, Callable[[str, Any], bool]] | None = None,
-    ) -> None:
-        """Rank 0 writes the file (atomically); every rank returns once it is written, or raises if not."""
-        self._require_group("save")
-        self.run_on_rank_zero(
-            lambda: checkpoint.save_checkpoint(path, state, filter=filter), f"write the checkpoint {path!r}"
-        )
-
     def run_on_rank_zero(self, action: Callable[[], object], what: str) -> None:
         """Run ``action`` on global rank 0 only; every rank waits for it, and every rank raises if it failed.
 
         Without the shared verdict, a failure on rank 0 would leave the others waiting at the next
-        collective until the process group times out.
+        collective until the process group times out. Rank 0 raises its own error; the others raise a
+        RuntimeError that names ``what``.
         """
+        # Before rank 0 acts: without the other ranks there would be no one to share the verdict with.
+        self._join_group(f"To {what}, treadle needs")
         error: Exception | None = None
         if self.is_global_zero:
             try:

@@ -60,3 +60,35 @@ def test_cli_resume_without_checkpoint_starts_fresh(
     assert code == 1 and "missed" in out  # one epoch is not enough to reach the target
     with pytest.raises(ValueError, match="--max-epochs 0"):
         run_demo(tmp_path, resume=False, max_epochs=0, progress_bar=False)
+
+
+def test_sigterm_in_the_first_epoch_prints_the_resume_hint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: ModelCheckpoint ranked the unfinished epoch 0 by a val_acc never logged and the demo died;
+    # afterwards the demo overwrote the logger's "interrupted" status with "success".
+    import os
+    import signal
+
+    import treadle.demo as demo
+    from treadle.loggers import CSVLogger
+
+    build = demo.build_callbacks
+
+    class Terminate:
+        def on_train_batch_end(self, batch_idx: int) -> None:
+            if batch_idx == 5:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(demo, "build_callbacks", lambda *a, **k: [*build(*a, **k), Terminate()])
+    statuses: list[str] = []
+    finalize = CSVLogger.finalize
+    monkeypatch.setattr(
+        CSVLogger, "finalize", lambda self, status: (statuses.append(status), finalize(self, status))[1]
+    )
+    run_demo(tmp_path, resume=False, max_epochs=2, progress_bar=False)
+    out = capsys.readouterr().out
+    assert "Stopped early: preempted (SIGTERM)" in out
+    assert f"resume:     treadle demo --root {tmp_path} --resume" in out
+    assert statuses == ["interrupted"]
+    assert (tmp_path / "checkpoints" / "last.ckpt").exists()

@@ -133,11 +133,15 @@ def build_callbacks(root: Path, progress_bar: bool, steps_per_epoch: int) -> lis
 def draw_curves(log_dir: Path) -> Path | None:
     """Plot the run's loss, accuracy and learning rate to ``log_dir/curves.png`` (needs matplotlib)."""
     try:
+        from treadle.loggers import read_csv_metrics
         from treadle.plot import plot_metrics
 
-        return plot_metrics(
-            log_dir, output=log_dir / "curves.png", metrics=["train_loss", "val_loss", "val_acc", "lr-AdamW"]
-        )
+        # A run stopped early (SIGTERM in its first epoch) may not have logged every curve yet.
+        logged = read_csv_metrics(log_dir / "metrics.csv")
+        wanted = [name for name in ("train_loss", "val_loss", "val_acc", "lr-AdamW") if logged.get(name)]
+        if not wanted:
+            return None
+        return plot_metrics(log_dir, output=log_dir / "curves.png", metrics=wanted)
     except ModuleNotFoundError as missing:
         print(f"No curves: {missing}")
         return None
@@ -203,9 +207,8 @@ def run_demo(root: str | os.PathLike[str], resume: bool, max_epochs: int | None,
         f"val_acc {accuracy:.3f} {'>=' if reached else '<'} target {TARGET_ACCURACY}"
         + ("" if reached else ": missed")
     )
-    if trainer.stop_reason and "SIGTERM" in trainer.stop_reason:
+    if trainer.preempted:
         print(f"Stopped early: {trainer.stop_reason}")
-    logger.finalize("success")
     curves = draw_curves(Path(logger.log_dir))
     print(f"logs:       {Path(logger.log_dir) / 'metrics.csv'}")
     if curves is not None:

@@ -173,3 +173,30 @@ def test_trainer_every_n_steps(tmp_path: Path) -> None:
     checkpoint = ModelCheckpoint(every_n_steps=3, save_top_k=-1, save_last=False)
     fit_tiny(callbacks=[checkpoint], checkpoint_dir=tmp_path, max_epochs=2)  # 8 steps
     assert names(tmp_path) == {"epoch=0-step=3.ckpt", "epoch=1-step=6.ckpt"}
+
+
+def test_trainer_stopped_mid_epoch_saves_no_ranked_file_but_last(tmp_path: Path) -> None:
+    # Regression: max_steps stopped the first epoch before validation ever ran, and the epoch-end save
+    # raised "found no value for 'val_loss'".
+    checkpoint = ModelCheckpoint(monitor="val_loss", save_top_k=1)
+    trainer = fit_tiny(callbacks=[checkpoint], checkpoint_dir=tmp_path, max_steps=2)  # 4 batches/epoch
+    assert trainer.global_step == 2 and not trainer.epoch_finished
+    assert names(tmp_path) == {"last.ckpt"} and checkpoint.best_k_models == {}
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert saved["progress"]["batches_done"] == 2 and not saved["progress"]["epoch_finished"]
+
+
+def test_trainer_unfinished_epoch_is_not_ranked_by_a_stale_score(tmp_path: Path) -> None:
+    # Regression: the epoch stopped by max_steps was ranked by the previous epoch's val_loss.
+    checkpoint = ModelCheckpoint(monitor="val_loss", save_top_k=3)
+    finished: list[bool] = []
+
+    class Spy:
+        def on_train_epoch_end(self, trainer: Any) -> None:
+            finished.append(trainer.epoch_finished)
+
+    fit_tiny(callbacks=[Spy(), checkpoint], checkpoint_dir=tmp_path, max_steps=6)
+    assert finished == [True, False]
+    assert list(checkpoint.best_k_models) == [os.path.join(str(tmp_path), "epoch=0-step=4.ckpt")]
+    assert names(tmp_path) == {"epoch=0-step=4.ckpt", "last.ckpt"}
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["progress"]["global_step"] == 6

@@ -7,10 +7,10 @@ import warnings
 from collections.abc import Mapping
 from typing import Any, Literal
 
-import torch
-
+from treadle.callbacks.arguments import check_bool
 from treadle.callbacks.hooks import Callback
 from treadle.callbacks.progress import write_line
+from treadle.loggers.base import metric_value
 
 __all__ = ["EarlyStopping"]
 
@@ -91,10 +91,12 @@ class EarlyStopping(Callback):
         self.mode = mode
         self.patience = patience
         self.min_delta = float(min_delta)
-        self.check_finite = check_finite
-        self.check_on_train_epoch_end = check_on_train_epoch_end
-        self.strict = strict
-        self.verbose = verbose
+        self.check_finite = check_bool("EarlyStopping", "check_finite", check_finite)
+        self.check_on_train_epoch_end = check_bool(
+            "EarlyStopping", "check_on_train_epoch_end", check_on_train_epoch_end
+        )
+        self.strict = check_bool("EarlyStopping", "strict", strict)
+        self.verbose = check_bool("EarlyStopping", "verbose", verbose)
         self._name = name
         self.best_score: float | None = None
         self.wait_count = 0
@@ -105,6 +107,7 @@ class EarlyStopping(Callback):
 
     @property
     def state_key(self) -> str:
+        """The key of this callback's state in a checkpoint: the class name, plus ``[name]`` if named."""
         base = type(self).__qualname__
         return base if self._name is None else f"{base}[{self._name}]"
 
@@ -160,7 +163,7 @@ class EarlyStopping(Callback):
         if metrics is None or self.monitor not in metrics:
             self._missing(metrics)
             return
-        stop, reason = self.evaluate(_to_float(metrics[self.monitor]))
+        stop, reason = self.evaluate(float(metric_value(self.monitor, metrics[self.monitor])))
         if trainer is not None:
             if stop:
                 trainer.request_stop(f"EarlyStopping: {reason}")
@@ -190,6 +193,8 @@ class EarlyStopping(Callback):
 
     # --- checkpoints -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps: the monitor and mode, the best value, the checks without improvement and
+        whether it decided to stop."""
         return {
             "monitor": self.monitor,
             "mode": self.mode,
@@ -199,6 +204,7 @@ class EarlyStopping(Callback):
         }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Continue from ``state_dict()``; a state of another monitor or mode is ignored with a warning."""
         if state_dict.get("monitor") != self.monitor or state_dict.get("mode") != self.mode:
             warnings.warn(
                 f"EarlyStopping: the checkpoint's state tracked monitor={state_dict.get('monitor')!r}, "
@@ -211,9 +217,3 @@ class EarlyStopping(Callback):
         self.best_score = state_dict["best_score"]
         self.wait_count = int(state_dict["wait_count"])
         self.should_stop = bool(state_dict.get("should_stop", False))
-
-
-def _to_float(value: Any) -> float:
-    if isinstance(value, torch.Tensor):
-        return float(value.detach().item())
-    return float(value)

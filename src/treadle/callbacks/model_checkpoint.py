@@ -10,10 +10,10 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-import torch
-
+from treadle.callbacks.arguments import check_bool
 from treadle.callbacks.hooks import Callback
 from treadle.callbacks.progress import write_line
+from treadle.loggers.base import metric_value
 
 __all__ = ["ModelCheckpoint"]
 
@@ -34,7 +34,10 @@ class ModelCheckpoint(Callback):
     In the Trainer, files go to ``trainer.checkpoint_dir`` by default and are written with
     ``trainer.save_checkpoint``, so ``last.ckpt`` is what ``fit(..., ckpt_path="last")`` resumes from.
     The monitored value is read from ``trainer.callback_metrics`` (validation runs before
-    ``on_train_epoch_end``, so its metrics are fresh there).
+    ``on_train_epoch_end``, so its metrics are fresh there). When training stops mid-epoch (``max_steps``,
+    ``max_time``, a stop request), that unfinished epoch is not saved as a ranked file (``trainer.epoch_finished``
+    is False); with ``save_last``, ``last.ckpt`` is written at ``on_train_end`` instead and resumes the epoch
+    at its next batch. After SIGTERM the Trainer itself writes ``trainer.checkpoint_dir/last.ckpt``.
 
     In a Fabric-only loop, give ``dirpath`` and fire the hooks with what to save:
     ``fabric.call("on_train_epoch_end", fabric=fabric, state=state, epoch=epoch, step=step,
@@ -102,6 +105,11 @@ class ModelCheckpoint(Callback):
                 raise ValueError(f"ModelCheckpoint({argument}={value!r}) must be a non-negative int or None.")
         if every_n_epochs is None:
             every_n_epochs = 0 if every_n_steps else 1
+        if not every_n_steps and not every_n_epochs:
+            raise ValueError(
+                f"ModelCheckpoint(every_n_steps={every_n_steps!r}, every_n_epochs={every_n_epochs!r}) would never "
+                "save. Set every_n_epochs=1 to save after each epoch, or every_n_steps=N to save every N steps."
+            )
         self.dirpath = None if dirpath is None else os.fspath(dirpath)
         self.filename = filename
         self.monitor = monitor
@@ -109,10 +117,10 @@ class ModelCheckpoint(Callback):
             mode if monitor is not None else "max"
         )  # without a monitor, newer (higher step) wins
         self.save_top_k = save_top_k
-        self.save_last = save_last
+        self.save_last = check_bool("ModelCheckpoint", "save_last", save_last)
         self.every_n_steps = every_n_steps or 0
         self.every_n_epochs = every_n_epochs
-        self.verbose = verbose
+        self.verbose = check_bool("ModelCheckpoint", "verbose", verbose)
         self._name = name
         # (path, score) of the files kept, best first. Without a monitor the score is the step.
         self._kept: list[tuple[str, float]] = []
@@ -121,9 +129,11 @@ class ModelCheckpoint(Callback):
         self._loaded_dirpath: str | None = None
         self._fabric: Any = None
         self._own_step = 0  # batches seen in a Fabric-only loop that passes no step=
+        self._stopped_mid_epoch = False  # the Trainer ended an epoch early, so on_train_end writes last.ckpt
 
     @property
     def state_key(self) -> str:
+        """The key of this callback's state in a checkpoint: the class name, plus ``[name]`` if named."""
         base = type(self).__qualname__
         return base if self._name is None else f"{base}[{self._name}]"
 
@@ -173,11 +183,30 @@ class ModelCheckpoint(Callback):
         epoch: int | None = None,
         step: int | None = None,
     ) -> None:
+        if trainer is not None and not trainer.epoch_finished:
+            # Training stopped mid-epoch (max_steps, max_time, a stop request, SIGTERM): there is no epoch
+            # result to rank, and validation may not have run yet. last.ckpt is written in on_train_end.
+            self._stopped_mid_epoch = True
+            return
         if not self.every_n_epochs:
             return
         target = _Target.resolve(self, trainer, fabric, state, metrics, epoch, step)
         if (target.epoch + 1) % self.every_n_epochs == 0 and target.step != self._last_saved_step:
             self._save(target)
+
+    def on_train_end(self, trainer: Any = None) -> None:
+        stopped_mid_epoch, self._stopped_mid_epoch = self._stopped_mid_epoch, False
+        if trainer is None or not stopped_mid_epoch or not self.save_last or trainer.preempted:
+            return  # after SIGTERM the Trainer has just written checkpoint_dir/last.ckpt itself
+        target = _Target.resolve(self, trainer, None, None, None, None, None)
+        if target.step == self._last_saved_step:
+            return
+        self._forget_other_folder(target.dirpath)
+        self.last_model_path = os.path.join(target.dirpath, LAST_NAME)
+        self._last_saved_step = target.step
+        target.save(self.last_model_path)
+        if self.verbose and target.is_global_zero:
+            write_line(f"ModelCheckpoint: saved {LAST_NAME} (training stopped mid-epoch)")
 
     # --- saving ------------------------------------------------------------------------------------------
     def _save(self, target: _Target) -> None:
@@ -239,7 +268,7 @@ class ModelCheckpoint(Callback):
                 f"{target.step} (available: {available}). Log it before checkpoints are saved, or pass "
                 "metrics={...} when you fire the hook in your own loop."
             )
-        value = _to_float(target.metrics[self.monitor])
+        value = float(metric_value(self.monitor, target.metrics[self.monitor]))
         if math.isnan(value):
             return math.inf if self.mode == "min" else -math.inf  # never better than a real value
         return value
@@ -259,7 +288,7 @@ class ModelCheckpoint(Callback):
         return True, [p for p, _ in ranked[self.save_top_k :]]
 
     def _format_name(self, target: _Target) -> str:
-        values = {name: _to_float(value) for name, value in target.metrics.items()}
+        values = {name: float(metric_value(name, value)) for name, value in target.metrics.items()}
         values.update(epoch=target.epoch, step=target.step)
         try:
             name = self.filename.format(**values)
@@ -272,6 +301,8 @@ class ModelCheckpoint(Callback):
 
     # --- checkpoints -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps: the folder, monitor and mode, the files kept with their scores, and the
+        last save."""
         return {
             "dirpath": self.dirpath,
             "monitor": self.monitor,
@@ -282,6 +313,8 @@ class ModelCheckpoint(Callback):
         }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Continue ranking from ``state_dict()``; files that no longer exist are forgotten with a warning, and
+        a state of another monitor or mode is ignored with one."""
         if state_dict.get("monitor") != self.monitor or state_dict.get("mode") != self.mode:
             warnings.warn(
                 f"ModelCheckpoint: the checkpoint ranked files by monitor={state_dict.get('monitor')!r}, "
@@ -341,7 +374,7 @@ class _Target:
         step: int | None,
     ) -> _Target:
         if trainer is not None:
-            dirpath = callback.dirpath if callback.dirpath is not None else os.fspath(trainer.checkpoint_dir)
+            dirpath = callback.dirpath if callback.dirpath is not None else trainer.checkpoint_dir
             return _Target(
                 dirpath,
                 trainer.current_epoch,
@@ -391,9 +424,3 @@ def _link(source: str, destination: str) -> bool:
             os.remove(temporary)
         raise
     return True
-
-
-def _to_float(value: Any) -> float:
-    if isinstance(value, torch.Tensor):
-        return float(value.detach().item())
-    return float(value)

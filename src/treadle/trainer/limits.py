@@ -21,9 +21,7 @@ class Limits:
     """
 
     def __init__(self, settings: LoopSettings) -> None:
-        self._max_epochs = settings.max_epochs
-        self._max_steps = settings.max_steps
-        self._max_time = settings.max_time
+        self._settings = settings
         self._started = time.monotonic()
         self._before = 0.0
 
@@ -37,10 +35,13 @@ class Limits:
 
     def reached(self, progress: Progress) -> str | None:
         """Which limit ``progress`` has reached, as a reason to stop; None if none."""
-        if self._max_epochs not in (None, UNLIMITED) and progress.epoch >= self._max_epochs:
-            return f"max_epochs={self._max_epochs} reached"
-        if self._max_steps not in (None, UNLIMITED) and progress.global_step >= self._max_steps:
-            return f"max_steps={self._max_steps} reached"
-        if self._max_time is not None and self.elapsed() >= self._max_time:
-            return f"max_time={self._max_time:g}s reached"
+        max_epochs, max_steps, max_time = (
+            self._settings.max_epochs, self._settings.max_steps, self._settings.max_time,
+        )  # fmt: skip
+        if max_epochs not in (None, UNLIMITED) and progress.epoch >= max_epochs:
+            return f"max_epochs={max_epochs} reached"
+        if max_steps not in (None, UNLIMITED) and progress.global_step >= max_steps:
+            return f"max_steps={max_steps} reached"
+        if max_time is not None and self.elapsed() >= max_time:
+            return f"max_time={max_time:g}s reached"
         return None

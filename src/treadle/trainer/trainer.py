@@ -100,7 +100,7 @@ class Trainer:
         )  # fmt: skip
         callbacks = _as_list(callbacks)
         self._stateful = checkpointing.stateful_callbacks(callbacks)
-        if enable_progress_bar:
+        if self._settings.enable_progress_bar:
             from treadle.callbacks.progress import ProgressBar  # tqdm is optional: imported only when wanted
 
             if not any(isinstance(callback, ProgressBar) for callback in callbacks):
@@ -146,20 +146,42 @@ class Trainer:
         return self.progress.epoch
 
     @property
+    def epoch_finished(self) -> bool:
+        """Whether the current epoch ran to its end: all its batches, its validation and its epoch-interval
+        schedulers.
+
+        True during ``on_train_epoch_end`` of a complete epoch; False when that hook fires because training
+        stopped mid-epoch (``max_steps``, ``max_time``, a stop request or SIGTERM), so callbacks that act on
+        whole epochs (e.g. ``ModelCheckpoint``) can tell the two apart. A checkpoint saved while it is False
+        resumes the same epoch at the next batch.
+        """
+        return self.progress.epoch_finished
+
+    @property
+    def preempted(self) -> bool:
+        """Whether this ``fit`` stopped because of SIGTERM (after saving ``checkpoint_dir/last.ckpt``)."""
+        return self._preemption.received and self.should_stop
+
+    @property
     def max_epochs(self) -> int | None:
+        """``Trainer(max_epochs=...)``: stop after this many epochs; -1 or None for no limit."""
         return self._settings.max_epochs
 
     @property
     def max_steps(self) -> int | None:
+        """``Trainer(max_steps=...)``: stop after this many optimizer steps; -1 or None for no limit."""
         return self._settings.max_steps
 
     @property
     def grad_accum_steps(self) -> int:
+        """``Trainer(grad_accum_steps=...)``: batches per optimizer step."""
         return self._settings.grad_accum_steps
 
     @property
     def checkpoint_dir(self) -> str:
-        return os.fspath(self._settings.checkpoint_dir)
+        """The folder of ``last.ckpt`` (and ``ModelCheckpoint``'s default folder), as a ``str``."""
+        # LoopSettings turned the argument into a str when it validated it.
+        return cast(str, self._settings.checkpoint_dir)
 
     @property
     def lr_schedulers(self) -> list[Any]:
@@ -168,10 +190,12 @@ class Trainer:
 
     @property
     def is_global_zero(self) -> bool:
+        """Whether this process is global rank 0 (the one that prints and writes shared files)."""
         return self.fabric.is_global_zero
 
     @property
     def loggers(self) -> list[Any]:
+        """The loggers given as ``Trainer(loggers=...)``, as a list (empty without loggers)."""
         return self.fabric.loggers
 
     @property
@@ -319,9 +343,8 @@ class Trainer:
         complete = self._train_batches()
         self._rng.apply_saved()
         # After SIGTERM, last.ckpt records the epoch as unfinished and the resumed run finishes it.
-        if complete and not self._preempted():
-            every = self._settings.val_every_n_epochs
-            if every is not None and (self.progress.epoch + 1) % every == 0:
+        if complete and not self.preempted:
+            if self._epoch_end_validation_due():
                 self._run_validation()
             self._step_schedulers("epoch", self.progress.epoch + 1)
             self.progress.epoch_finished = True
@@ -388,23 +411,26 @@ class Trainer:
         self._call("on_before_zero_grad", optimizer=optimizer.optimizer)
         optimizer.zero_grad()
         self.progress.global_step += 1
-        mean_loss = self._loss_sum / self._pending_batches
+        if self.progress.global_step % settings.log_every_n_steps == 0:
+            # Only now: reading the mean makes log_dict wait for the device, which other steps need not do.
+            mean_loss = self._loss_sum / self._pending_batches
+            self.log_dict({"train_loss": mean_loss, "epoch": self.progress.epoch})
         self._pending_batches, self._loss_sum = 0, 0.0
         self._step_schedulers("step", self.progress.global_step)
-        if self.progress.global_step % settings.log_every_n_steps == 0:
-            self.log_dict({"train_loss": mean_loss, "epoch": self.progress.epoch})
 
     def _after_step(self, is_last: bool) -> None:
         """The step boundary: validation by steps, limits, and the stop decision shared by all ranks."""
-        every, epoch_every = self._settings.val_every_n_steps, self._settings.val_every_n_epochs
+        every = self._settings.val_every_n_steps
         # On the epoch's last batch, epoch-end validation (if due) follows at once: do not run it twice.
-        epoch_end_follows = (
-            is_last and epoch_every is not None and (self.progress.epoch + 1) % epoch_every == 0
-        )
+        epoch_end_follows = is_last and self._epoch_end_validation_due()
         if every is not None and self.progress.global_step % every == 0 and not epoch_end_follows:
             self._run_validation()
         self._check_limits()
         self._sync_stop()
+
+    def _epoch_end_validation_due(self) -> bool:
+        every = self._settings.val_every_n_epochs
+        return every is not None and (self.progress.epoch + 1) % every == 0
 
     def _run_validation(self) -> dict[str, float]:
         loader, module = self._val_loader, self._module
@@ -496,10 +522,7 @@ class Trainer:
         self.fabric.call(hook, trainer=self, fabric=self.fabric, **kwargs)
 
     def _model_run(self, model: nn.Module) -> contextlib.AbstractContextManager[None]:
-        return model_as_last_callback(self.fabric, model, self._call, interrupted=self._preempted)
-
-    def _preempted(self) -> bool:
-        return self._preemption.received and self.should_stop
+        return model_as_last_callback(self.fabric, model, self._call, interrupted=lambda: self.preempted)
 
 
 def _as_list(callbacks: Any) -> list[Any]:

@@ -440,3 +440,39 @@ def test_cuda_checkpoint_loads_to_cpu_and_restores_onto_cuda(tmp_path: Path) -> 
     load_checkpoint(path, {"model": fresh, "optimizer": fresh_optimizer})
     assert torch.equal(fresh[0].weight, model[0].weight)
     assert fresh_optimizer.state_dict()["state"][0]["exp_avg"].device.type == "cuda"
+
+
+def test_missing_keys_check_is_shared_and_strict_only() -> None:
+    with pytest.raises(
+        checkpoint.MissingKeysError, match=r"'ckpt' has no entry for 'optimizer'.*holds: 'model'"
+    ):
+        checkpoint.check_missing_keys("ckpt", {"model": 1, "optimizer": 2}, {"model": None}, strict=True)
+    checkpoint.check_missing_keys("ckpt", {"optimizer": 2}, {}, strict=False)
+
+
+def test_restore_entries_unwraps_compiled_modules_and_notes_the_failing_key() -> None:
+    saved_model = _model()
+    state: dict[str, Any] = {"model": torch.compile(_model()), "step": 0}
+    rest = checkpoint.restore_entries(
+        state, {"model": saved_model.state_dict(), "step": 7, "extra": 1}, "ckpt", strict=True
+    )
+    assert rest == {"extra": 1} and state["step"] == 7
+    restored = state["model"]._orig_mod.state_dict()
+    assert all(torch.equal(restored[name], value) for name, value in saved_model.state_dict().items())
+
+    class Refusing:
+        def load_state_dict(self, entry: Any) -> None:
+            raise ValueError("wrong shape")
+
+    with pytest.raises(ValueError, match="wrong shape") as raised:
+        checkpoint.restore_entries({"thing": Refusing()}, {"thing": {}}, "ckpt", strict=True, keys=["thing"])
+    # treadle.errors.add_note also works on Python 3.10, where exceptions have no add_note yet.
+    assert getattr(raised.value, "__notes__", None) == [
+        "(while restoring state['thing'] from checkpoint 'ckpt')"
+    ]
+
+
+def test_only_the_given_keys_are_restored() -> None:
+    state = {"a": 0, "b": 0}
+    assert checkpoint.restore_entries(state, {"a": 1, "b": 2}, "ckpt", strict=True, keys=["a"]) == {"b": 2}
+    assert state == {"a": 1, "b": 0}

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from treadle.loggers import CSVLogger, Logger, read_csv_metrics
-from treadle.loggers.base import RunFolder, atomic_open, next_version
+from treadle.loggers.base import RunFolder, atomic_open, next_version, version_folders
 
 
 def metrics_file(logger: CSVLogger) -> Path:
@@ -437,3 +437,11 @@ def test_fabric_log_keeps_ints_exact(tmp_path: Path) -> None:
     logger.finalize("success")
     header, row = (line.split(",") for line in metrics_file(logger).read_text().splitlines())
     assert dict(zip(header, row, strict=True)) == {"step": "0", "n": str(2**53 + 1), "m": "7"}
+
+
+def test_version_folders_maps_numbers_to_folders(tmp_path: Path) -> None:
+    for folder in ("version_0", "version_12", "version_x", "other"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "version_3").write_text("a file, not a folder")
+    assert version_folders(tmp_path) == {0: tmp_path / "version_0", 12: tmp_path / "version_12"}
+    assert version_folders(tmp_path / "missing") == {}

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+import os
 import pickle
+import weakref
 from datetime import timedelta
 from pathlib import Path
 
@@ -11,6 +14,7 @@ import torch
 from torch import nn
 
 from treadle import Fabric
+from treadle.checkpoint import MissingKeysError, load_checkpoint, save_checkpoint
 from treadle.strategies.fsdp import FSDPStrategy
 
 
@@ -127,3 +131,89 @@ def test_cpu_offload_trains() -> None:
     optimizer.step()
     assert not torch.equal(before, model.weight.full_tensor())
     assert model.weight.device.type == "cpu"
+
+
+def _one_rank_fsdp(state_dict_type: str = "sharded") -> tuple[Fabric, FSDPStrategy]:
+    strategy = FSDPStrategy(state_dict_type=state_dict_type, timeout=timedelta(seconds=20))  # type: ignore[arg-type]
+    fabric = Fabric(accelerator="cpu", strategy=strategy)
+    fabric.launch()
+    return fabric, strategy
+
+
+@pytest.mark.parametrize("kind", ["sharded", "full"])
+def test_checkpoint_errors_match_the_single_device_ones(tmp_path: Path, kind: str) -> None:
+    fabric, _ = _one_rank_fsdp(kind)
+    model = fabric.setup(nn.Linear(2, 2))
+    plain = nn.Linear(2, 2)
+
+    def keep_all(name: str, value: object) -> bool:
+        return True
+
+    # The same misspelled filter key, saved by FSDP and by one process: the same ValueError.
+    with pytest.raises(ValueError) as single:
+        save_checkpoint(tmp_path / "single.pt", {"model": plain}, filter={"modle": keep_all})
+    with pytest.raises(ValueError) as sharded:
+        fabric.save(tmp_path / "ckpt", {"model": model}, filter={"modle": keep_all})
+    assert str(sharded.value) == str(single.value)
+    assert "filter has 'modle', which state does not have. state holds: 'model'" in str(single.value)
+    assert not list(tmp_path.iterdir()), "nothing is written when the filter is wrong"
+
+    # A key the checkpoint lacks: MissingKeysError with the same text (up to the path) from both.
+    fabric.save(tmp_path / "ckpt", {"model": model})
+    save_checkpoint(tmp_path / "single.pt", {"model": plain})
+    extra = torch.optim.SGD(plain.parameters(), lr=1)
+    with pytest.raises(MissingKeysError) as single_missing:
+        load_checkpoint(tmp_path / "single.pt", {"model": plain, "optimizer": extra})
+    with pytest.raises(MissingKeysError) as sharded_missing:
+        fabric.load(tmp_path / "ckpt", {"model": model, "optimizer": extra})
+    shown = os.fspath(tmp_path / "ckpt"), os.fspath(tmp_path / "single.pt")
+    assert str(sharded_missing.value).replace(*shown) == str(single_missing.value)
+
+
+def test_unsharded_compiled_modules_restore_like_single_device(tmp_path: Path) -> None:
+    fabric, _ = _one_rank_fsdp("full")
+    model = fabric.setup(nn.Linear(2, 2))
+    head = nn.Linear(2, 1)
+    fabric.save(tmp_path / "ckpt.pt", {"model": model, "head": torch.compile(head)})
+    fresh = nn.Linear(2, 1)
+    # The saved names carry no `_orig_mod.` prefix; loading must unwrap the compiled module the same way.
+    fabric.load(tmp_path / "ckpt.pt", {"model": model, "head": torch.compile(fresh)})
+    assert torch.equal(fresh.weight, head.weight) and torch.equal(fresh.bias, head.bias)
+
+
+def test_sharded_checkpoint_of_another_format_is_refused(tmp_path: Path) -> None:
+    fabric, _ = _one_rank_fsdp()
+    model = fabric.setup(nn.Linear(2, 2))
+    fabric.save(tmp_path / "ckpt", {"model": model})
+    meta = torch.load(tmp_path / "ckpt" / "meta.pt", weights_only=True)
+    torch.save({**meta, "format": "treadle-sharded-99"}, tmp_path / "ckpt" / "meta.pt")
+    with pytest.raises(
+        ValueError, match=r"format 'treadle-sharded-99', but this treadle reads 'treadle-sharded-1'.*'full'"
+    ):
+        fabric.load(tmp_path / "ckpt", {"model": model})
+
+
+def test_an_optimizer_that_stepped_is_refused_before_it_is_changed() -> None:
+    _fabric, strategy = _one_rank_fsdp()
+    model = nn.Linear(2, 2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    model(torch.randn(1, 2)).sum().backward()
+    optimizer.step()
+    before = list(optimizer.param_groups[0]["params"])
+    strategy.setup_module(model)
+    with pytest.raises(RuntimeError, match=r"already has state .* Create the optimizer fresh"):
+        strategy.setup_optimizer(optimizer)
+    assert all(a is b for a, b in zip(optimizer.param_groups[0]["params"], before, strict=True))
+
+
+def test_the_strategy_keeps_no_parameter_alive() -> None:
+    fabric, strategy = _one_rank_fsdp()
+    model = nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model, optimizer = fabric.setup(model, optimizer)
+    sharded = [weakref.ref(p) for p in model.parameters()]
+    assert all(p() is q for p, q in zip(sharded, optimizer.param_groups[0]["params"], strict=True))
+    del model, optimizer
+    gc.collect()
+    assert [p() for p in sharded] == [None, None], "sharded parameters outlive their model"
+    assert strategy._replaced == {}, "entries of dead parameters are dropped"

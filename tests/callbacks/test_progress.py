@@ -1,16 +1,20 @@
 from __future__ import annotations
 
 import io
+import math
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
-from tests.callbacks.tiny_trainer import fit_tiny
+from tests.callbacks.tiny_trainer import TinyRegression, fit_tiny, trainer_class
 from treadle import Fabric
-from treadle.callbacks.progress import ProgressBar
+from treadle.callbacks import progress
+from treadle.callbacks.progress import ProgressBar, write_line
 
 
 class CountingLoss(torch.Tensor):
@@ -74,8 +78,10 @@ def test_plain_default_rate_is_every_50_batches() -> None:
     assert not bar.is_tqdm
 
 
-def test_tqdm_bar_shows_loss_step_and_val_metric() -> None:
+def test_tqdm_bar_shows_loss_step_and_val_metric(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("tqdm")
+    # However slow this machine, the loss is read once, then only at each epoch's end.
+    monkeypatch.setattr(progress, "_LOSS_READ_SECONDS", math.inf)
     out = io.StringIO()
     CountingLoss.reads = 0
     bar = ProgressBar(backend="tqdm", file=out)
@@ -86,7 +92,10 @@ def test_tqdm_bar_shows_loss_step_and_val_metric() -> None:
     assert "4/4" in text
     assert "step=8" in text
     assert "val_loss=0.25" in text
-    assert CountingLoss.reads == 8  # refresh_rate=1: once per batch
+    # The bar redraws every batch (refresh_rate=1) but reads the loss at most every _LOSS_READ_SECONDS
+    # and at each epoch's end, so steps do not wait for the device.
+    assert CountingLoss.reads == 3
+    assert "loss=" in text
 
 
 def test_refresh_rate_zero_shows_nothing_and_reads_nothing() -> None:
@@ -146,3 +155,40 @@ def test_trainer_progress_bar() -> None:
     assert "Epoch 1/2 batch 2" in text
     assert f"step={trainer.global_step}" in text
     assert "val_loss=" in text
+
+
+def test_trainer_default_bar_reads_the_loss_rarely(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Regression: the default tqdm bar read loss.item() every batch, one host-device sync per step.
+    pytest.importorskip("tqdm")
+    reads = 0
+    scalar = progress._scalar
+
+    def counting(value: Any) -> float | None:
+        nonlocal reads
+        reads += isinstance(value, torch.Tensor)
+        return scalar(value)
+
+    monkeypatch.setattr(progress, "_scalar", counting)
+    Trainer = trainer_class()
+    x = torch.randn(64, 1)
+    trainer = Trainer(accelerator="cpu", max_epochs=1, log_every_n_steps=1000, checkpoint_dir=tmp_path)
+    assert any(isinstance(callback, ProgressBar) for callback in trainer.fabric.callbacks)
+    trainer.fit(TinyRegression(), DataLoader(TensorDataset(x, 2 * x), batch_size=1))
+    assert trainer.global_step == 64
+    # One read at the first refresh and one at the epoch's end, plus one per half second of training.
+    assert 1 <= reads <= 6
+
+
+def test_write_line_goes_through_tqdm_write_once_tqdm_is_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    tqdm = pytest.importorskip("tqdm")
+    written: list[tuple[str, Any]] = []
+    monkeypatch.setattr(tqdm.tqdm, "write", lambda line, file=None: written.append((line, file)))
+    out = io.StringIO()
+    write_line("checkpoint saved", out)
+    assert written == [("checkpoint saved", out)]
+    assert out.getvalue() == ""  # tqdm.write printed it (here: recorded it), not print
+
+
+def test_leave_must_be_a_bool() -> None:
+    with pytest.raises(TypeError, match=r"ProgressBar\(leave='no'\) must be True or False"):
+        ProgressBar(leave="no")  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ from typing import Any, Literal, TextIO
 
 import torch
 
+from treadle.callbacks.arguments import check_bool
 from treadle.callbacks.hooks import Callback
 
 __all__ = ["ProgressBar", "write_line"]
@@ -19,14 +20,18 @@ _BACKENDS = ("auto", "tqdm", "plain")
 # How many batches apart the plain fallback prints when refresh_rate is left unset: one line per batch
 # would flood a log file, and a bar that redraws in place is not available there.
 _PLAIN_DEFAULT_EVERY = 50
+# How often the tqdm bar reads the loss for its postfix. Reading it waits for the device, and a bar redrawn
+# every batch would otherwise add one host-device synchronisation to every step.
+_LOSS_READ_SECONDS = 0.5
 
 
 class ProgressBar(Callback):
     """Shows epoch, step, loss and the latest validation metrics while training, on global rank 0.
 
     Uses ``tqdm`` when it is installed (``pip install 'treadle[progress]'``); without it, prints one plain line
-    every few batches. The loss is read from the device (``loss.item()``) only when the display refreshes,
-    so ``refresh_rate`` also bounds how often the progress bar synchronises with a GPU.
+    every few batches. The loss is read from the device (``loss.item()``) at most every half second with
+    tqdm (and once at the end of each epoch), or once per printed line with the plain fallback, so the bar
+    does not make every step wait for the GPU.
 
     In the Trainer everything comes from the trainer (it is the default progress bar). In a loop of your
     own, fire the hooks with what you have: ``on_train_epoch_start`` (optionally with ``epoch=`` and
@@ -84,6 +89,7 @@ class ProgressBar(Callback):
             raise TypeError(
                 f"ProgressBar(metrics={metrics!r}) must be a list of names, e.g. metrics=[{metrics!r}]."
             )
+        check_bool("ProgressBar", "leave", leave)
         self._tqdm: Any = None
         if backend != "plain":
             self._tqdm = _import_tqdm(required=backend == "tqdm")
@@ -100,6 +106,8 @@ class ProgressBar(Callback):
         self._shown = 0  # batches already counted on the bar
         self._steps = 0  # batches seen overall, for loops without a trainer
         self._loss: float | None = None
+        self._unread_loss: Any = None  # the newest loss, not yet read from the device
+        self._loss_read_at = -math.inf
         self._metrics: dict[str, float] = {}
         self._epoch_started_at = time.perf_counter()
 
@@ -141,21 +149,26 @@ class ProgressBar(Callback):
     ) -> None:
         self._batches += 1
         self._steps += 1
-        if self.refresh_rate == 0 or self._batches % self.refresh_rate != 0:
+        if self.refresh_rate == 0:
             return
-        # The only device read of the bar, once per refresh.
-        self._loss = _scalar(loss if loss is not None else _loss_from_output(output))
+        self._unread_loss = loss if loss is not None else _loss_from_output(output)  # a reference: no sync
+        if self._batches % self.refresh_rate != 0:
+            return
+        if self._bar is None or time.perf_counter() - self._loss_read_at >= _LOSS_READ_SECONDS:
+            self._read_loss()
         self._refresh(trainer)
 
     def on_train_epoch_end(self, trainer: Any = None) -> None:
         if self.refresh_rate == 0:
             return
         if self._bar is not None:
-            if self._shown != self._batches:
+            if self._unread_loss is not None or self._shown != self._batches:
+                self._read_loss()
                 self._update_bar(trainer)
             self._bar.close()
             self._bar = None
         elif self._tqdm is None and self._batches:
+            self._read_loss()
             seconds = time.perf_counter() - self._epoch_started_at
             self._print(
                 f"{self._epoch_label(trainer)} done: {self._batches} batches in {seconds:.1f}s, "
@@ -211,6 +224,13 @@ class ProgressBar(Callback):
         self._close_bars()
 
     # --- internals ---------------------------------------------------------------------------------------
+    def _read_loss(self) -> None:
+        """The bar's only device read."""
+        if self._unread_loss is not None:
+            self._loss = _scalar(self._unread_loss)
+            self._unread_loss = None
+        self._loss_read_at = time.perf_counter()
+
     def _refresh(self, trainer: Any) -> None:
         if trainer is not None:
             self._metrics = self._select(getattr(trainer, "callback_metrics", {})) or self._metrics

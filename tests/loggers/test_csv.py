@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from treadle.files import atomic_open
 from treadle.loggers import CSVLogger, Logger, read_csv_metrics
-from treadle.loggers.base import RunFolder, atomic_open, next_version, version_folders
+from treadle.loggers.base import RunFolder, next_version, version_folders
 
 
 def metrics_file(logger: CSVLogger) -> Path:

@@ -15,7 +15,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from treadle.loggers.base import FolderLogger, RunFolder, atomic_open, check_step, params_to_dict
+from treadle.files import atomic_open
+from treadle.loggers.base import FolderLogger, RunFolder, check_step, params_to_dict
 
 __all__ = ["HPARAMS_FILE", "METRICS_FILE", "CSVLogger", "read_csv_metrics"]
 

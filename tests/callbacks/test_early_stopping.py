@@ -143,3 +143,10 @@ def test_trainer_stops_through_request_stop() -> None:
     assert early_stopping.should_stop
     assert trainer.should_stop
     assert trainer.current_epoch < 5
+
+
+@pytest.mark.parametrize("flag", ["check_finite", "check_on_train_epoch_end", "strict", "verbose"])
+def test_flags_must_be_bools(flag: str) -> None:
+    # Regression: EarlyStopping(check_finite="no") silently turned the check on.
+    with pytest.raises(TypeError, match=rf"EarlyStopping\({flag}='no'\) must be True or False"):
+        EarlyStopping("val_loss", **{flag: "no"})

@@ -177,3 +177,8 @@ def test_skip_decision_is_shared_across_ranks() -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     guard.on_before_optimizer_step(optimizer=optimizer)
     assert guard.skipped_steps == 1
+
+
+def test_verbose_must_be_a_bool() -> None:
+    with pytest.raises(TypeError, match=r"LossGuard\(verbose='x'\) must be True or False"):
+        LossGuard(verbose="x")  # type: ignore[arg-type]

@@ -200,3 +200,17 @@ def test_trainer_unfinished_epoch_is_not_ranked_by_a_stale_score(tmp_path: Path)
     assert list(checkpoint.best_k_models) == [os.path.join(str(tmp_path), "epoch=0-step=4.ckpt")]
     assert names(tmp_path) == {"epoch=0-step=4.ckpt", "last.ckpt"}
     assert torch.load(tmp_path / "last.ckpt", weights_only=True)["progress"]["global_step"] == 6
+
+
+@pytest.mark.parametrize("flag", ["save_last", "verbose"])
+def test_flags_must_be_bools(flag: str) -> None:
+    with pytest.raises(TypeError, match=rf"ModelCheckpoint\({flag}='no'\) must be True or False"):
+        ModelCheckpoint(**{flag: "no"})
+
+
+def test_a_schedule_that_never_saves_is_an_error() -> None:
+    # Regression: every_n_steps=0 with every_n_epochs=0 was accepted and never saved anything.
+    with pytest.raises(ValueError, match=r"every_n_steps=0, every_n_epochs=0\) would never save"):
+        ModelCheckpoint(every_n_steps=0, every_n_epochs=0)
+    with pytest.raises(ValueError, match="would never save"):
+        ModelCheckpoint(every_n_epochs=0)

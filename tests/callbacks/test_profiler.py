@@ -104,3 +104,15 @@ def test_trainer_profiles_sections_and_every_callback(tmp_path: Path) -> None:
     assert profiler.hooks["TinyRegression.on_validation_epoch_end"].calls == 2  # the model's own hooks
     text = (tmp_path / "profile.txt").read_text()
     assert "IterationTimer.on_train_batch_end" in text and OPTIMIZER in text
+
+
+@pytest.mark.parametrize("flag", ["sync_cuda", "trace", "record_shapes"])
+def test_flags_must_be_bools(flag: str) -> None:
+    with pytest.raises(TypeError, match=rf"Profiler\({flag}='x'\) must be True or False"):
+        Profiler(**{flag: "x"})
+
+
+def test_output_must_be_a_path() -> None:
+    # Regression: Profiler(output=3) failed inside pathlib with a message that did not name the argument.
+    with pytest.raises(TypeError, match=r"Profiler\(output=3\) must be a file path"):
+        Profiler(output=3)  # type: ignore[arg-type]

@@ -126,3 +126,9 @@ def test_trainer_logs_throughput_to_callback_metrics() -> None:
     assert metrics["throughput/samples_per_sec"] == pytest.approx(8 * metrics["throughput/batches_per_sec"])
     assert metrics["throughput/tflops_per_device"] > 0
     assert monitor.flops_per_batch is not None and monitor.flops_per_batch > 0
+
+
+@pytest.mark.parametrize("flag", ["measure_flops", "verbose"])
+def test_flags_must_be_bools(flag: str) -> None:
+    with pytest.raises(TypeError, match=rf"ThroughputMonitor\({flag}='x'\) must be True or False"):
+        ThroughputMonitor(**{flag: "x"})

@@ -155,3 +155,9 @@ def test_trainer_iteration_timer() -> None:
     # 2 epochs of 4 batches; each epoch's first batch is timed from on_train_batch_start.
     assert timer.summary().count == 8 == trainer.num_training_batches * 2
     assert sum(1 for line in lines if line.startswith("iteration ")) == 4
+
+
+def test_device_must_be_a_torch_device() -> None:
+    # Regression: IterationTimer(device="gpu") raised torch's RuntimeError, which does not name the argument.
+    with pytest.raises(ValueError, match=r"IterationTimer\(device='gpu'\) is not a torch device"):
+        IterationTimer(device="gpu")

@@ -194,3 +194,23 @@ def test_public_attributes_for_callbacks() -> None:
     assert fitted.lr_scheduler_configs[0].interval == "epoch"
     assert fitted.should_stop and fitted.stop_reason == "max_epochs=2 reached"
     assert fitted.loggers == [] and fitted.log_dir is None
+
+
+def test_max_time_rejects_negative_fields() -> None:
+    # Regression: "00:01:-30:00" was read as 30 minutes.
+    with pytest.raises(ValueError, match=r"max_time='00:01:-30:00'\) has a negative field"):
+        trainer(max_time="00:01:-30:00")
+
+
+def test_fit_rejects_a_ckpt_path_that_is_not_a_path() -> None:
+    # Regression: os.fspath's bare "expected str, bytes or os.PathLike object, not int".
+    with pytest.raises(TypeError, match=r"fit\(ckpt_path=123\) must be a checkpoint file path"):
+        trainer().fit(Classifier(), loader(), ckpt_path=123)  # type: ignore[arg-type]
+
+
+def test_progress_bar_setting_is_read_from_the_validated_settings() -> None:
+    from treadle.callbacks.progress import ProgressBar
+
+    with pytest.raises(TypeError, match=r"enable_progress_bar='yes'\) must be True or False"):
+        trainer(enable_progress_bar="yes")
+    assert not any(isinstance(c, ProgressBar) for c in trainer(enable_progress_bar=False).fabric.callbacks)

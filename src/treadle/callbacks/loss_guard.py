@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import torch
 
+from treadle.callbacks.arguments import check_bool
 from treadle.callbacks.hooks import Callback
 from treadle.callbacks.progress import write_line
 
@@ -114,7 +115,7 @@ class LossGuard(Callback):
         self.window = window
         self.min_history = min_history
         self.max_consecutive_skips = max_consecutive_skips
-        self.verbose = verbose
+        self.verbose = check_bool("LossGuard", "verbose", verbose)
         self.should_stop = False
         self.stopping_reason: str | None = None
         self.skipped_steps = 0

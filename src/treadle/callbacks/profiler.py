@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from treadle.callbacks.arguments import check_bool
 from treadle.callbacks.hooks import Callback
 from treadle.callbacks.progress import write_line
 
@@ -72,6 +73,7 @@ class Profiler(Callback):
 
     Raises:
         ValueError: a trace window length is negative (or ``trace_active`` is 0).
+        TypeError: ``output`` is not a path, or a flag is not a bool.
 
     Example::
 
@@ -104,13 +106,18 @@ class Profiler(Callback):
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"Profiler({argument}={value!r}) must be an int >= {least}.")
+        if output is not None and not isinstance(output, (str, os.PathLike)):
+            raise TypeError(
+                f"Profiler(output={output!r}) must be a file path (str or os.PathLike), e.g. "
+                "output='profile.txt', or None for profile.txt in the first logger's folder."
+            )
         self.output = None if output is None else Path(output)
-        self.sync_cuda = sync_cuda
-        self.trace = trace
+        self.sync_cuda = check_bool("Profiler", "sync_cuda", sync_cuda)
+        self.trace = check_bool("Profiler", "trace", trace)
         self.trace_wait = trace_wait
         self.trace_warmup = trace_warmup
         self.trace_active = trace_active
-        self.record_shapes = record_shapes
+        self.record_shapes = check_bool("Profiler", "record_shapes", record_shapes)
         self.trace_path: Path | None = None
         """Where the Chrome trace was written, once it was."""
         self.hooks: dict[str, _Stat] = {}
@@ -121,7 +128,6 @@ class Profiler(Callback):
         self._started: float | None = None
         self._instrumented: Any = None  # the Fabric whose dispatcher times our hooks
         self._fabric: Any = None
-        self._trainer: Any = None
         self._in_fit = False
         self._reported = False
         self._torch_profiler: Any = None
@@ -160,18 +166,15 @@ class Profiler(Callback):
         self._touch()
         self._instrument(fabric)
 
-    def on_fit_start(self, trainer: Any = None, fabric: Any = None) -> None:
+    def on_fit_start(self, fabric: Any = None) -> None:
         self._touch()
         self._in_fit = True
         self._reported = False
-        self._trainer = trainer
         self._instrument(fabric)
 
-    def on_train_start(self, trainer: Any = None, fabric: Any = None) -> None:
+    def on_train_start(self, fabric: Any = None) -> None:
         self._touch()
         self._reported = False
-        if trainer is not None:
-            self._trainer = trainer
         self._instrument(fabric)
 
     def on_train_epoch_start(self) -> None:
@@ -298,10 +301,9 @@ class Profiler(Callback):
     def _default_output(self) -> Path:
         if self.output is not None:
             return self.output
+        # The Trainer passes its Fabric to every hook, so its loggers are the Fabric's.
         log_dir = None
-        if self._trainer is not None:
-            log_dir = getattr(self._trainer, "log_dir", None)
-        elif self._fabric is not None and self._fabric.loggers:
+        if self._fabric is not None and self._fabric.loggers:
             log_dir = getattr(self._fabric.loggers[0], "log_dir", None)
         return Path(log_dir or ".") / "profile.txt"
 

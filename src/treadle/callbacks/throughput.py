@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from treadle.callbacks.arguments import check_bool
 from treadle.callbacks.hooks import Callback
 from treadle.callbacks.progress import write_line
 
@@ -134,9 +135,9 @@ class ThroughputMonitor(Callback):
         self.batch_size_fn = batch_size_fn
         self.length_fn = length_fn
         self.flops_per_batch: float | None = None if flops_per_batch is None else float(flops_per_batch)
-        self.measure_flops = measure_flops
+        self.measure_flops = check_bool("ThroughputMonitor", "measure_flops", measure_flops)
         self.peak_flops: float | None = None if peak_flops is None else float(peak_flops)
-        self.verbose = verbose
+        self.verbose = check_bool("ThroughputMonitor", "verbose", verbose)
         self.last_metrics: dict[str, float] = {}
         self._fabric: Any = None
         self._batches = 0  # batch ends seen, the step of Fabric-only logging

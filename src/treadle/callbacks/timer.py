@@ -10,6 +10,7 @@ from typing import Any, TextIO
 
 import torch
 
+from treadle.callbacks.arguments import check_bool
 from treadle.callbacks.hooks import Callback
 from treadle.callbacks.progress import write_line
 
@@ -69,7 +70,8 @@ class IterationTimer(Callback):
         file: where to print; default ``sys.stdout`` as it is when printing.
 
     Raises:
-        ValueError: ``every_n_steps`` is negative or not an int.
+        ValueError: ``every_n_steps`` is negative or not an int, or ``device`` is not a torch device.
+        TypeError: ``sync`` is not a bool.
 
     Example::
 
@@ -99,11 +101,9 @@ class IterationTimer(Callback):
                 f"IterationTimer(every_n_steps={every_n_steps!r}) must be a non-negative int (0 prints only "
                 "the summary), e.g. every_n_steps=50."
             )
-        if not isinstance(sync, bool):
-            raise TypeError(f"IterationTimer(sync={sync!r}) must be True or False.")
         self.every_n_steps = every_n_steps
-        self.sync = sync
-        self._device: torch.device | None = None if device is None else torch.device(device)
+        self.sync = check_bool("IterationTimer", "sync", sync)
+        self._device = None if device is None else _parse_device(device)
         self._file = file
         self._durations: list[float] = []
         self._iterations = 0  # batch ends seen
@@ -313,3 +313,13 @@ def _quantile(ordered: list[float], q: float) -> float:
 
 def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.2f} ms"
+
+
+def _parse_device(device: torch.device | str) -> torch.device:
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"IterationTimer(device={device!r}) is not a torch device. Pass e.g. device='cuda', 'cuda:0', 'cpu' "
+            "or 'mps', or leave it None to time fabric.device."
+        ) from None

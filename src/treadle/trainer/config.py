@@ -116,6 +116,11 @@ def parse_max_time(value: Any) -> float | None:
                 f"Trainer(max_time={value!r}) must read 'DD:HH:MM:SS' (e.g. '00:12:00:00' for 12 hours), "
                 "or be a number of seconds or a datetime.timedelta."
             ) from None
+        if min(days, hours, minutes, secs) < 0:
+            raise ValueError(
+                f"Trainer(max_time={value!r}) has a negative field; each of 'DD:HH:MM:SS' must be >= 0, "
+                "e.g. '00:01:30:00' for 90 minutes."
+            )
         seconds = float(((days * 24 + hours) * 60 + minutes) * 60 + secs)
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value)

@@ -248,6 +248,11 @@ class Trainer:
         if val_dataloaders is not None:
             check_loader(val_dataloaders, "val_dataloaders")
             check_model(model, "fit", ("validation_step",), because="val_dataloaders was given")
+        if ckpt_path is not None and not isinstance(ckpt_path, (str, os.PathLike)):
+            raise TypeError(
+                f"Trainer.fit(ckpt_path={ckpt_path!r}) must be a checkpoint file path (str or os.PathLike), "
+                "'last' for checkpoint_dir/last.ckpt, or None to start from scratch."
+            )
         if not self._settings.has_limit:
             raise ValueError(
                 "Trainer(max_epochs=None, max_steps=None, max_time=None): fit would never end unless a callback "

@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from treadle.callbacks.early_stopping import EarlyStopping
+from treadle.callbacks.model_checkpoint import ModelCheckpoint
 from treadle.loggers import CSVLogger
 from treadle.seed import seed_everything
 from treadle.trainer import Trainer
@@ -53,13 +54,6 @@ class SineRegressor(nn.Module):
             print(f"epoch {trainer.current_epoch}: val_loss {trainer.callback_metrics['val_loss']:.4f}")
 
 
-class SaveLast:
-    """Writes ROOT/checkpoints/last.ckpt at the end of every epoch."""
-
-    def on_train_epoch_end(self, trainer: Trainer) -> None:
-        trainer.save_checkpoint(Path(trainer.checkpoint_dir, "last.ckpt"))
-
-
 def make_data(n: int, seed: int) -> TensorDataset:
     generator = torch.Generator().manual_seed(seed)
     x = torch.rand(n, 1, generator=generator) * 6 - 3
@@ -71,7 +65,8 @@ def main(root: Path, max_epochs: int, resume: bool, progress_bar: bool) -> dict[
     trainer = Trainer(
         accelerator="cpu",
         max_epochs=max_epochs,
-        callbacks=[EarlyStopping("val_loss", patience=5), SaveLast()],
+        # save_top_k=0: no ranked files, only ROOT/checkpoints/last.ckpt after every epoch, for --resume.
+        callbacks=[EarlyStopping("val_loss", patience=5), ModelCheckpoint(save_top_k=0)],
         loggers=CSVLogger(root, name="sine", version=0),
         checkpoint_dir=root / "checkpoints",
         enable_progress_bar=progress_bar,

@@ -33,9 +33,19 @@ def test_trainer_script_and_its_resume(tmp_path: Path) -> None:
     script = str(EXAMPLES / "trainer_script.py")
     out = _run(script, "--max-epochs", "2", "--root", str(tmp_path), "--no-progress-bar", cwd=tmp_path)
     assert "stopped: max_epochs=2 reached" in out
-    assert (tmp_path / "checkpoints" / "last.ckpt").exists()
+    assert {path.name for path in (tmp_path / "checkpoints").iterdir()} == {"last.ckpt"}
     out = _run(
         script, "--max-epochs", "3", "--root", str(tmp_path), "--no-progress-bar", "--resume", cwd=tmp_path
     )
     assert "epoch 2:" in out and "epoch 0:" not in out
     assert (tmp_path / "sine" / "version_0" / "metrics.csv").exists()
+
+
+def test_examples_use_the_built_ins_and_do_not_shadow_them() -> None:
+    # Regression: fabric_loop.py named its own callback IterationTimer (the built-in's name) and pointed to
+    # an exercise our docs do not have; trainer_script.py re-implemented ModelCheckpoint(save_top_k=0).
+    fabric_loop = (EXAMPLES / "fabric_loop.py").read_text()
+    assert "class PrintIterationTime" in fabric_loop and "class IterationTimer" not in fabric_loop
+    assert "exercise from the docs" not in fabric_loop
+    trainer_script = (EXAMPLES / "trainer_script.py").read_text()
+    assert "ModelCheckpoint(save_top_k=0)" in trainer_script and "class SaveLast" not in trainer_script

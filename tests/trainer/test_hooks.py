@@ -153,3 +153,14 @@ def test_misspelled_hook_is_reported() -> None:
 
     with pytest.warns(UserWarning, match="on_train_epoch_end"):
         trainer(callbacks=[Typo()])
+
+
+def test_docs_say_validate_fires_on_after_setup_first() -> None:
+    # Regression: the docs said validate() fires rows 15-20 only, but on_after_setup comes first.
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "docs" / "trainer.md").read_text()
+    sentence = next(
+        line for line in text.splitlines() if line.startswith("`trainer.validate(model, loader)` fires")
+    )
+    assert "row 1 (`on_after_setup`)" in sentence and "rows 15-20" in sentence

@@ -87,6 +87,11 @@ class EpochMeans:
         self._weight = 0
 
     def update(self, values: Mapping[str, torch.Tensor | float], weight: int) -> None:
+        """Add one batch's ``values``, weighted by its batch size ``weight``; tensors are not read.
+
+        Raises:
+            ValueError: the batch has other metric names than the batches before it.
+        """
         if self._weight and values.keys() != self._sums.keys():
             raise ValueError(
                 f"validation_step returned the metrics {sorted(values)} for one batch and {sorted(self._sums)} "

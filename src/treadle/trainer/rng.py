@@ -35,6 +35,7 @@ class TrainingRng:
         self._pending: dict[str, Any] | None = None  # the saved state, put back once the loop is where it was
 
     def reset(self) -> None:
+        """Forget every captured state: a new ``fit`` starts from the RNG as it is now."""
         self._epoch_start = self._outside_validation = self._pending = None
 
     def begin_epoch(self, resuming_mid_epoch: bool) -> None:
@@ -46,6 +47,7 @@ class TrainingRng:
             self._epoch_start = capture_rng_state()
 
     def end_epoch(self) -> None:
+        """Drop the epoch-start state once the epoch is done: the next checkpoint resumes at an epoch start."""
         self._epoch_start = None
 
     @contextmanager

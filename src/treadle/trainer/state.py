@@ -66,6 +66,7 @@ class Progress:
         self.epoch_finished = False
 
     def state_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict, for a checkpoint; ``from_state_dict`` reads it back."""
         return dataclasses.asdict(self)
 
     @classmethod

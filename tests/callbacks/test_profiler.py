@@ -4,6 +4,7 @@ import io
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -116,3 +117,26 @@ def test_output_must_be_a_path() -> None:
     # Regression: Profiler(output=3) failed inside pathlib with a message that did not name the argument.
     with pytest.raises(TypeError, match=r"Profiler\(output=3\) must be a file path"):
         Profiler(output=3)  # type: ignore[arg-type]
+
+
+def test_report_and_trace_are_written_through_atomic_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: the trace went to a pid-named temporary file without fsync, beside the shared writer.
+    from treadle.callbacks import profiler as profiler_module
+
+    written: list[str] = []
+    atomic_open = profiler_module.atomic_open
+
+    def recording(path: Any, mode: Any) -> Any:
+        written.append(Path(path).name)
+        return atomic_open(path, mode)
+
+    monkeypatch.setattr(profiler_module, "atomic_open", recording)
+    profiler = Profiler(
+        output=tmp_path / "out" / "profile.txt", trace=True, trace_wait=0, trace_warmup=1, trace_active=1
+    )
+    fabric_loop(profiler, batches=3)
+    profiler.report()
+    assert set(written) == {"profile.txt", "trace.json"}
+    assert {path.name for path in (tmp_path / "out").iterdir()} == {"profile.txt", "trace.json"}

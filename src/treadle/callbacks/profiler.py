@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,6 +16,7 @@ import torch
 from treadle.callbacks.arguments import check_bool
 from treadle.callbacks.hooks import Callback
 from treadle.callbacks.progress import write_line
+from treadle.files import atomic_open
 
 __all__ = ["Profiler"]
 
@@ -242,9 +245,6 @@ class Profiler(Callback):
         """
         text = self.table()
         target = Path(path) if path is not None else self._default_output()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        from treadle.loggers.base import atomic_open  # the shared atomic text writer
-
         with atomic_open(target, "w") as file:
             file.write(text)
         if not self._reported:
@@ -344,12 +344,11 @@ class Profiler(Callback):
     def _export_trace(self, profiler: Any) -> None:
         report = self._default_output()
         target = report.with_name("trace.json")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        try:
-            profiler.export_chrome_trace(str(temporary))
-            os.replace(temporary, target)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
+        # torch writes the trace to a path of its choosing, so it goes to a private folder first and is then
+        # copied through atomic_open, which gives it a unique temporary name, fsync and an atomic rename.
+        with tempfile.TemporaryDirectory(prefix="treadle-trace-") as folder:
+            exported = os.path.join(folder, "trace.json")
+            profiler.export_chrome_trace(exported)
+            with open(exported, "rb") as source, atomic_open(target, "wb") as destination:
+                shutil.copyfileobj(source, destination)
         self.trace_path = target

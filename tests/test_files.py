@@ -61,3 +61,15 @@ def test_the_temporary_name_is_retried_on_collision(tmp_path: Path, monkeypatch:
         file.write("new")
     assert (tmp_path / "x").read_text() == "new"
     assert (tmp_path / ".x.taken.tmp").read_text() == "someone else's"
+
+
+def test_atomic_link_replaces_the_target_without_copying(tmp_path: Path) -> None:
+    from treadle.files import atomic_link
+
+    source = tmp_path / "epoch=1.ckpt"
+    source.write_bytes(b"new")
+    last = tmp_path / "last.ckpt"
+    last.write_bytes(b"old")
+    assert atomic_link(source, last) is True
+    assert last.read_bytes() == b"new" and os.path.samefile(source, last)
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []

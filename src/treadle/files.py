@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import IO, Any, BinaryIO, Literal, TextIO, overload
 
-__all__ = ["atomic_open"]
+__all__ = ["atomic_link", "atomic_open"]
 
 
 @overload
@@ -91,6 +91,28 @@ def _atomic_open(target: str, mode: Literal["w", "wb"]) -> Iterator[IO[Any]]:
         _remove(temporary)
         raise
     _fsync_folder(folder)
+
+
+def atomic_link(source: str | os.PathLike[str], path: str | os.PathLike[str]) -> bool:
+    """Make ``path`` a hard link to ``source``, replacing what was there atomically (no second write).
+
+    Returns:
+        True when linked; False where the filesystem cannot hard-link (the caller then writes a copy).
+    """
+    target = os.path.abspath(os.fspath(path))
+    folder, name = os.path.split(target)
+    temporary = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.tmp")
+    try:
+        os.link(os.fspath(source), temporary)
+    except OSError:
+        return False
+    try:
+        os.replace(temporary, target)
+    except BaseException:
+        _remove(temporary)
+        raise
+    _fsync_folder(folder)
+    return True
 
 
 def _create_temporary(folder: str, name: str) -> tuple[str, int]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import uuid
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -13,6 +12,7 @@ from typing import Any, Literal
 from treadle.callbacks.arguments import check_bool
 from treadle.callbacks.hooks import Callback
 from treadle.callbacks.progress import write_line
+from treadle.files import atomic_link
 from treadle.loggers.base import metric_value
 
 __all__ = ["ModelCheckpoint"]
@@ -231,7 +231,7 @@ class ModelCheckpoint(Callback):
             target.save(path)
         if self.save_last:
             # A hard link renamed over last.ckpt makes it the same file without writing it twice.
-            linked = keep and target.is_global_zero and _link(path, last_path)
+            linked = keep and target.is_global_zero and atomic_link(path, last_path)
             if target.world_size > 1:
                 linked = target.broadcast(linked)
             if not linked:
@@ -408,19 +408,3 @@ class _Target:
             save,
             fabric,
         )
-
-
-def _link(source: str, destination: str) -> bool:
-    """Make ``destination`` a hard link to ``source``, atomically; False where links are not possible."""
-    temporary = os.path.join(os.path.dirname(destination), f".{LAST_NAME}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        os.link(source, temporary)
-    except OSError:
-        return False
-    try:
-        os.replace(temporary, destination)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temporary)
-        raise
-    return True

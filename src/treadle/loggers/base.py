@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any, Protocol, SupportsIndex, runtime_checkable
 
 # Re-exported: the CSV logger and the profiler callback import it from here.
-from treadle.files import atomic_open
 
-__all__ = ["FolderLogger", "Logger", "RunFolder", "atomic_open", "next_version", "version_folders"]
+__all__ = ["FolderLogger", "Logger", "RunFolder", "next_version", "version_folders"]
 
 PREFIX_SEPARATOR = "/"
 """Joins a logger's ``prefix`` to each metric name. ``/`` because TensorBoard groups tags into sections at

@@ -100,7 +100,8 @@ class Fabric:
         # reference with the optimizers it wraps.
         self._hook_arguments: dict[str, Any] = {"fabric": self}
         self._environment_ready = False
-        self._has_module = False
+        # None until a module is set up; then whether `backward` may call tensor.backward() itself.
+        self._direct_backward: bool | None = None
         self._setup_modules: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
     # --- who and where ------------------------------------------------------------------------------------
@@ -337,7 +338,7 @@ class Fabric:
         wrapped = FabricModule(forward_module, module, self._precision)
         self._setup_modules.add(module)
         self._setup_modules.add(wrapped)
-        self._has_module = True
+        self._direct_backward = self._strategy.passes_through
         self._callbacks.call("on_after_setup", module=wrapped, **self._hook_arguments)
         return wrapped
 
@@ -358,7 +359,7 @@ class Fabric:
     ) -> FabricOptimizer:
         check_unwrapped(optimizer, position, FabricOptimizer, torch.optim.Optimizer, method)
         prepared = self._strategy.setup_optimizer(optimizer)
-        return FabricOptimizer(prepared, self._strategy, self._callbacks.call, self._hook_arguments)
+        return FabricOptimizer(prepared, self._strategy, self._callbacks.call_with, self._hook_arguments)
 
     def setup_dataloaders(
         self, *dataloaders: DataLoader[Any], use_distributed_sampler: bool = True, move_to_device: bool = True
@@ -398,19 +399,20 @@ class Fabric:
 
         Fires ``on_before_backward(loss)`` and ``on_after_backward()``.
         """
-        if not self._has_module:
+        direct = self._direct_backward
+        if direct is None:
             raise RuntimeError(
                 "Fabric.backward() was called before any module was set up. "
                 "Call `model, optimizer = fabric.setup(model, optimizer)` first."
             )
-        call = self._callbacks.call
+        fire = self._callbacks.call_with
         hook_arguments = self._hook_arguments
-        call("on_before_backward", loss=tensor, **hook_arguments)
-        if args or kwargs:
+        fire("on_before_backward", {"loss": tensor, **hook_arguments})
+        if direct and not (args or kwargs):  # nothing to scale here: skip the strategy and precision layers
+            tensor.backward()  # type: ignore[no-untyped-call]
+        else:
             self._strategy.backward(tensor, model, *args, **kwargs)
-        else:  # the common case, without re-packing empty *args/**kwargs at every level below
-            self._strategy.backward(tensor, model)
-        call("on_after_backward", **hook_arguments)
+        fire("on_after_backward", hook_arguments)
 
     def clip_gradients(
         self,

@@ -23,7 +23,16 @@ from treadle.tree import move_to_device
 
 _MISSING = object()
 
-Dispatch = Callable[..., list[Any]]
+# The registries behind torch.nn.modules.module.register_module_forward_hook and its siblings: dicts that
+# torch mutates in place, so holding them is enough to see hooks registered later.
+_global_forward_hooks = torch.nn.modules.module._global_forward_hooks
+_global_forward_pre_hooks = torch.nn.modules.module._global_forward_pre_hooks
+_global_backward_hooks = torch.nn.modules.module._global_backward_hooks
+_global_backward_pre_hooks = torch.nn.modules.module._global_backward_pre_hooks
+_tracing_state = torch._C._get_tracing_state
+
+# How the optimizer fires its hooks: `CallbackDispatcher.call_with(hook_name, kwargs)`.
+Fire = Callable[[str, dict[str, Any]], list[Any]]
 
 
 class FabricModule(nn.Module):
@@ -52,6 +61,28 @@ class FabricModule(nn.Module):
         """The user's module as it was passed to ``setup`` (unwrapped from torch.compile)."""
         module: nn.Module = unwrap_compiled(self._original_module)
         return module
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # nn.Module.__call__ spends about a microsecond per step (two frames and its hook checks) before it
+        # reaches forward. The wrapper rarely has hooks of its own, so go straight to forward unless
+        # something would act there: hooks on the wrapper or global module hooks, module.compile(), or a
+        # torch.jit trace in progress.
+        if (
+            self._forward_hooks
+            or self._forward_pre_hooks
+            or self._backward_hooks
+            or self._backward_pre_hooks
+            or _global_forward_hooks
+            or _global_forward_pre_hooks
+            or _global_backward_hooks
+            or _global_backward_pre_hooks
+            or self._compiled_call_impl is not None
+            or _tracing_state()
+        ):
+            return super().__call__(*args, **kwargs)
+        if self._plain_precision:  # forward's own first line, one frame sooner
+            return self._run(*args, **kwargs)
+        return self.forward(*args, **kwargs)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self._plain_precision:  # 32-true: nothing to cast or enter, keep the step free of overhead
@@ -146,14 +177,17 @@ class FabricOptimizer(torch.optim.Optimizer):
         self,
         optimizer: torch.optim.Optimizer,
         strategy: Strategy,
-        dispatch: Dispatch,
+        fire: Fire,
         hook_arguments: dict[str, Any] | None = None,
     ) -> None:
         # Optimizer.__init__ is deliberately not called: all state lives in the wrapped optimizer.
         self.__dict__["_optimizer"] = optimizer
         self.__dict__["_strategy"] = strategy
-        self.__dict__["_dispatch"] = dispatch
+        self.__dict__["_fire"] = fire
         self.__dict__["_hook_arguments"] = {} if hook_arguments is None else hook_arguments
+        # Nothing to scale: `step` calls the optimizer itself instead of going through strategy and precision.
+        self.__dict__["_direct_step"] = strategy.passes_through
+        self.__dict__["zero_grad"] = optimizer.zero_grad
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
@@ -186,18 +220,22 @@ class FabricOptimizer(torch.optim.Optimizer):
 
     def step(self, closure: Callable[[], float] | None = None) -> Any:
         state = self.__dict__
-        dispatch = state["_dispatch"]
-        hook_arguments = state["_hook_arguments"]
+        fire = state["_fire"]
         optimizer = state["_optimizer"]
-        dispatch("on_before_optimizer_step", optimizer=optimizer, **hook_arguments)
-        if closure is None:
-            output = state["_strategy"].optimizer_step(optimizer)
-        else:
+        hook_kwargs = {"optimizer": optimizer, **state["_hook_arguments"]}  # one dict for both hooks
+        fire("on_before_optimizer_step", hook_kwargs)
+        if closure is not None:
             output = state["_strategy"].optimizer_step(optimizer, closure=closure)
-        dispatch("on_after_optimizer_step", optimizer=optimizer, **hook_arguments)
+        elif state["_direct_step"]:
+            output = optimizer.step()
+        else:
+            output = state["_strategy"].optimizer_step(optimizer)
+        fire("on_after_optimizer_step", hook_kwargs)
         return output
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        # Not called in practice: __init__ puts the optimizer's own bound method on the instance, which
+        # saves a frame per step. This one stays for the class's interface and documentation.
         self.__dict__["_optimizer"].zero_grad(set_to_none=set_to_none)
 
     def state_dict(self) -> dict[str, Any]:

@@ -409,6 +409,45 @@ def test_a_change_to_a_callback_without_the_hook_is_seen_when_another_implements
     assert dispatcher.call("on_x", 1) == ["r", 2]
 
 
+def test_callbacks_of_one_class_share_their_class_checks_and_each_sees_changes() -> None:
+    class Silent:
+        pass
+
+    first, second, third = Silent(), Silent(), Silent()
+    dispatcher = CallbackDispatcher([first, second, third])
+    assert dispatcher.call("on_x") == []
+    source = dispatcher._by_hook["on_x"].__doc__ or ""
+    assert source.count("not in") == 4  # the class once, and each instance dict
+    second.on_x = lambda: "instance"  # type: ignore[attr-defined]
+    assert dispatcher.call("on_x") == ["instance"]
+    Silent.on_x = lambda self: "class"  # type: ignore[attr-defined]
+    assert dispatcher.call("on_x") == ["class", "instance", "class"]
+
+
+def test_call_with_takes_a_dict_it_neither_copies_into_methods_nor_changes() -> None:
+    log: list[Any] = []
+
+    class Picky:
+        def on_x(self, loss: float) -> float:
+            return loss * 2
+
+    class Everything:
+        def on_x(self, **kwargs: Any) -> dict[str, Any]:
+            kwargs["added"] = True  # a method changing its own **kwargs must not change the caller's dict
+            return kwargs
+
+    dispatcher = CallbackDispatcher([Picky(), Everything(), Recorder("r", log)])
+    kwargs = {"loss": 1.5, "fabric": "f"}
+    for _ in range(2):  # the first call plans, the second runs the plan
+        assert dispatcher.call_with("on_x", kwargs) == [3.0, {"loss": 1.5, "fabric": "f", "added": True}, "r"]
+    assert kwargs == {"loss": 1.5, "fabric": "f"}
+    assert dispatcher.call_with("on_x", {"loss": 1.0}) == [2.0, {"loss": 1.0, "added": True}, "r"]
+    with pytest.raises(TypeError, match="loss"):
+        dispatcher.call_with("on_x", {"fabric": "f"})
+    with pytest.raises(TypeError, match="must be a str"):
+        dispatcher.call_with(3, {})  # type: ignore[arg-type]
+
+
 def test_changes_made_by_a_callback_during_a_call_apply_from_the_next_call() -> None:
     class SelfReplacing:
         def on_x(self) -> str:

@@ -218,6 +218,26 @@ class CallbackDispatcher:
             return self._call_shaped(hook_name, args, kwargs)
         return plan(args, kwargs)
 
+    def call_with(self, hook_name: str, kwargs: dict[str, Any], /) -> list[Any]:
+        """`call` with keyword arguments only, given as a dict that is neither copied nor changed.
+
+        The runtime fires its own hooks this way: a dict it built once can serve several hooks, and a call
+        skips packing ``**kwargs``. Everything else (filtering, errors, staleness checks) is as in `call`.
+
+        Example:
+            >>> class Printer:
+            ...     def on_after_backward(self, fabric):
+            ...         print(fabric)
+            >>> CallbackDispatcher([Printer()]).call_with("on_after_backward", {"fabric": "f"})
+            f
+            [None]
+        """
+        try:
+            plan = self._by_hook[hook_name]
+        except (KeyError, TypeError):
+            return self._call_shaped(hook_name, (), kwargs)
+        return plan((), kwargs)
+
     def _validate(self, callback: object, where: str) -> None:
         _check_callback_value(callback, where)
         self.registry.check_callback(callback, strict=self._strict_hooks)

@@ -62,17 +62,26 @@ class Planner:
         `dynamic`, every method is looked up on every call.
         """
         entries = []
+        # `klass.__dict__` is a new proxy on every access, and the generated code checks each distinct
+        # object once: sharing one proxy per class lets callbacks of one class share their class checks.
+        class_dicts: dict[type, Any] = {}
         for index, callback in enumerate(callbacks):
             if self.global_rank != 0 and _is_rank_zero_only(callback):
                 continue  # decided once here; set_global_rank() rebuilds every plan
             if dynamic or _has_custom_getattribute(type(callback)):
                 entries.append(self._dynamic_entry(index, callback, hook, nargs, kwnames))
             else:
-                entries.append(self._static_entry(index, callback, hook, nargs, kwnames))
+                entries.append(self._static_entry(index, callback, hook, nargs, kwnames, class_dicts))
         return generate(hook, nargs, kwnames, entries, reshape, stale)
 
     def _static_entry(
-        self, index: int, callback: object, hook: str, nargs: int, kwnames: tuple[str, ...]
+        self,
+        index: int,
+        callback: object,
+        hook: str,
+        nargs: int,
+        kwnames: tuple[str, ...],
+        class_dicts: dict[type, Any],
     ) -> Entry:
         cls = type(callback)
         instance_dict = _instance_dict(callback)
@@ -94,7 +103,9 @@ class Planner:
                 # Supplied by __getattr__ (a proxy, a submodule of an nn.Module): ask again on every call.
                 return self._dynamic_entry(index, callback, hook, nargs, kwnames)
             class_guards: list[Guard] = [
-                ("absent", klass.__dict__) for klass in cls.__mro__ if not klass.__flags__ & _IMMUTABLE_TYPE
+                ("absent", class_dicts.setdefault(klass, klass.__dict__))
+                for klass in cls.__mro__
+                if not klass.__flags__ & _IMMUTABLE_TYPE
             ]
             return Entry(index, callback, "skip", guards=class_guards + instance_guard)
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from treadle.precision.base import Precision
+from treadle.precision.base import Precision, _inherits
 from treadle.tree import map_tensors
 
 
@@ -40,6 +40,13 @@ class MixedPrecision(Precision):
 
     def forward_context(self) -> contextlib.AbstractContextManager[Any]:
         return torch.autocast(self.device_type, dtype=self.dtype)
+
+    @property
+    def passes_through(self) -> bool:
+        # bfloat16 has no grad scaler, and without one `pre_backward` and `optimizer_step` below add nothing.
+        return self._scaler is None and _inherits(
+            self, MixedPrecision, ("pre_backward", "backward", "optimizer_step")
+        )
 
     def convert_output(self, data: Any) -> Any:
         # Outputs leave autocast in float32 so the loss and anything the user computes from them is accurate.

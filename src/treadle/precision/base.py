@@ -61,6 +61,15 @@ class Precision:
         """Bring gradients to their true scale before clipping (only a grad scaler needs this)."""
 
     @property
+    def passes_through(self) -> bool:
+        """Whether `backward` and `optimizer_step` do exactly ``tensor.backward()`` and ``optimizer.step()``.
+
+        Fabric then calls those itself and skips this layer on every step. True unless a subclass (or the
+        instance) replaces ``pre_backward``, ``backward`` or ``optimizer_step``.
+        """
+        return _inherits(self, Precision, ("pre_backward", "backward", "optimizer_step"))
+
+    @property
     def scaler(self) -> torch.amp.GradScaler | None:
         """The grad scaler, where this precision has one."""
         return None
@@ -74,3 +83,9 @@ class Precision:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
+
+
+def _inherits(obj: object, base: type, names: tuple[str, ...]) -> bool:
+    # True when every method named is `base`'s own, neither overridden by a subclass nor set on the instance.
+    own = vars(obj)
+    return all(name not in own and getattr(type(obj), name) is getattr(base, name) for name in names)

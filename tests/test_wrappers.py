@@ -1,0 +1,165 @@
+"""The set-up module and optimizer: the shortcuts that keep a step cheap must not change what runs."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from treadle import Fabric
+from treadle.precision import Precision
+from treadle.strategies.base import Strategy
+
+
+def make_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+
+
+def test_hooks_on_the_wrapper_still_run() -> None:
+    model = Fabric(accelerator="cpu").setup_module(make_model())
+    seen: list[str] = []
+    pre = model.register_forward_pre_hook(lambda module, args: seen.append("pre"))
+    post = model.register_forward_hook(lambda module, args, output: seen.append("post"))
+    model(torch.randn(2, 4))
+    assert seen == ["pre", "post"]
+    pre.remove()
+    post.remove()
+    model(torch.randn(2, 4))
+    assert seen == ["pre", "post"]
+
+
+def test_global_module_hooks_see_the_wrapper() -> None:
+    model = Fabric(accelerator="cpu").setup_module(make_model())
+    seen: list[str] = []
+    handle = nn.modules.module.register_module_forward_hook(
+        lambda module, args, output: seen.append(type(module).__name__)
+    )
+    try:
+        model(torch.randn(2, 4))
+    finally:
+        handle.remove()
+    assert seen[-1] == "FabricModule"  # the wrapper's own call, after those of the modules inside it
+    assert "Sequential" in seen
+
+
+def test_backward_hooks_on_the_wrapper_still_run() -> None:
+    model = Fabric(accelerator="cpu").setup_module(make_model())
+    grads: list[torch.Size] = []
+    model.register_full_backward_hook(lambda module, grad_in, grad_out: grads.append(grad_out[0].shape))
+    model(torch.randn(2, 4, requires_grad=True)).sum().backward()
+    assert grads == [torch.Size([2, 2])]
+
+
+def test_module_compile_on_the_wrapper_is_honoured() -> None:
+    model = Fabric(accelerator="cpu").setup_module(make_model())
+    calls: list[int] = []
+
+    def compiled(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return model.forward(*args, **kwargs)
+
+    model._compiled_call_impl = compiled  # what nn.Module.compile() sets, without compiling for real
+    model(torch.randn(2, 4))
+    assert calls == [1]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+def test_jit_trace_of_the_wrapper_works() -> None:
+    model = Fabric(accelerator="cpu").setup_module(make_model())
+    x = torch.randn(2, 4)
+    traced = torch.jit.trace(model, (x,), check_trace=False)
+    torch.testing.assert_close(traced(x), model(x))
+
+
+class ScaledBackward(Strategy):
+    def __init__(self) -> None:
+        super().__init__()
+        self.backward_calls = 0
+        self.step_calls = 0
+
+    def backward(self, tensor: torch.Tensor, module: nn.Module | None, *args: Any, **kwargs: Any) -> None:
+        self.backward_calls += 1
+        super().backward(tensor * 2, module, *args, **kwargs)
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, **kwargs: Any) -> Any:
+        self.step_calls += 1
+        return super().optimizer_step(optimizer, **kwargs)
+
+
+def test_a_strategy_that_overrides_backward_and_step_is_called() -> None:
+    strategy = ScaledBackward()
+    assert not strategy.passes_through
+    fabric = Fabric(accelerator="cpu", strategy=strategy)
+    model = make_model()
+    model, optimizer = fabric.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    fabric.backward(model(torch.randn(2, 4)).sum())
+    optimizer.step()
+    assert (strategy.backward_calls, strategy.step_calls) == (1, 1)
+
+
+def test_a_precision_that_overrides_backward_is_called() -> None:
+    class Halve(Precision):
+        def pre_backward(self, tensor: torch.Tensor) -> torch.Tensor:
+            return tensor / 2
+
+    precision = Halve()
+    assert not precision.passes_through
+    strategy = Strategy()
+    strategy.precision = precision
+    assert not strategy.passes_through
+    assert Strategy().passes_through and Precision().passes_through
+
+
+@pytest.mark.parametrize("precision", ["32-true", "64-true", "bf16-mixed", "bf16-true"])
+def test_precisions_without_a_scaler_pass_through(precision: str) -> None:
+    assert Fabric(accelerator="cpu", precision=precision).strategy.passes_through
+
+
+def test_16_mixed_goes_through_its_grad_scaler() -> None:
+    fabric = Fabric(accelerator="cpu", precision="16-mixed")
+    assert not fabric.strategy.passes_through
+
+
+def test_an_instance_override_is_seen() -> None:
+    strategy = Strategy()
+    strategy.optimizer_step = lambda optimizer, **kwargs: None  # type: ignore[method-assign]
+    assert not strategy.passes_through
+
+
+def test_passing_through_gives_the_same_parameters_as_a_plain_loop() -> None:
+    torch.manual_seed(3)
+    data = [(torch.randn(4, 4), torch.randn(4, 2)) for _ in range(5)]
+    plain = make_model()
+    plain_optimizer = torch.optim.SGD(plain.parameters(), lr=0.1, momentum=0.9)
+    fabric = Fabric(accelerator="cpu")
+    model = make_model()
+    model, optimizer = fabric.setup(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+    for x, y in data:
+        nn.functional.mse_loss(plain(x), y).backward()
+        plain_optimizer.step()
+        plain_optimizer.zero_grad()
+        fabric.backward(nn.functional.mse_loss(model(x), y))
+        optimizer.step()
+        optimizer.zero_grad()
+    for ours, theirs in zip(model.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(ours, theirs)
+        assert ours.grad is None
+
+
+def test_optimizer_zero_grad_and_its_copies() -> None:
+    fabric = Fabric(accelerator="cpu")
+    model = make_model()
+    model, optimizer = fabric.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    fabric.backward(model(torch.randn(2, 4)).sum())
+    optimizer.zero_grad(set_to_none=False)
+    assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
+    optimizer.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+    twin = copy.deepcopy(optimizer)
+    assert twin.zero_grad.__self__ is twin.optimizer  # bound to the copy's own optimizer
+    assert pickle.loads(pickle.dumps(optimizer)).zero_grad.__self__ is not optimizer.optimizer

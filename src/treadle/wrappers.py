@@ -52,6 +52,11 @@ class FabricModule(nn.Module):
         object.__setattr__(self, "_precision", precision)
         plain = type(precision) is Precision
         object.__setattr__(self, "_plain_precision", plain)
+        # Autocast precisions leave inputs alone: skip the call that would return them unchanged.
+        converts_input = type(
+            precision
+        ).convert_input is not Precision.convert_input or "convert_input" in vars(precision)
+        object.__setattr__(self, "_converts_input", converts_input)
         # Methods other than forward must run through forward when something acts there (DDP's gradient
         # hooks, FSDP's unsharding, autocast); otherwise `model.training_step(...)` would silently skip it.
         object.__setattr__(self, "_redirect_methods", forward_module is not original_module or not plain)
@@ -88,7 +93,8 @@ class FabricModule(nn.Module):
         if self._plain_precision:  # 32-true: nothing to cast or enter, keep the step free of overhead
             return self._run(*args, **kwargs)
         precision = self._precision
-        args, kwargs = precision.convert_input((args, kwargs))
+        if self._converts_input:
+            args, kwargs = precision.convert_input((args, kwargs))
         with precision.forward_context():
             output = self._run(*args, **kwargs)
         return precision.convert_output(output)

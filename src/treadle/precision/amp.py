@@ -50,6 +50,8 @@ class MixedPrecision(Precision):
 
     def convert_output(self, data: Any) -> Any:
         # Outputs leave autocast in float32 so the loss and anything the user computes from them is accurate.
+        if isinstance(data, torch.Tensor):  # the usual output, without walking a tree
+            return data.float() if data.dtype in _HALF_DTYPES else data
         return map_tensors(data, _to_float32)
 
     def pre_backward(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -83,7 +85,10 @@ class MixedPrecision(Precision):
             self._scaler.load_state_dict(state_dict["scaler"])
 
 
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
 def _to_float32(tensor: torch.Tensor) -> torch.Tensor:
-    if tensor.dtype in (torch.float16, torch.bfloat16):
+    if tensor.dtype in _HALF_DTYPES:
         return tensor.float()
     return tensor

@@ -27,7 +27,7 @@ from treadle.precision import Precision, PrecisionInput
 from treadle.settings import build_runtime
 from treadle.strategies import ReduceOp, Strategy, parse_reduce_op
 from treadle.tree import map_tensors, move_to_device, numbers_to_tensors
-from treadle.wrappers import FabricDataLoader, FabricModule, FabricOptimizer, check_unwrapped
+from treadle.wrappers import FabricDataLoader, FabricModule, FabricOptimizer, check_unwrapped, unwrap
 
 T = TypeVar("T")
 StateFilter = Mapping[str, Callable[[str, Any], bool]]
@@ -82,15 +82,11 @@ class Fabric:
         self._accelerator, self._precision, self._strategy = build_runtime(
             accelerator, strategy, devices, num_nodes, precision
         )
-        if isinstance(hooks, str) or not isinstance(hooks, Sequence):
-            raise TypeError(
-                f"Fabric(hooks={hooks!r}) must be a list of hook names, e.g. hooks=['on_my_event']."
-            )
-        registry = HookRegistry()
-        for name in hooks:
-            registry.register(name)
         self._callbacks = CallbackDispatcher(
-            callbacks, strict_hooks=strict_hooks, global_rank=self._strategy.global_rank, registry=registry
+            callbacks,
+            strict_hooks=strict_hooks,
+            global_rank=self._strategy.global_rank,
+            registry=HookRegistry(hooks),
         )
         # `fabric.call` is the dispatcher's own bound method: the documented method below would add a
         # Python frame and a re-packing of **kwargs to every call in the loop.
@@ -427,19 +423,13 @@ class Fabric:
 
         Returns:
             The total norm before clipping when ``max_norm`` is given, else None.
+
+        Raises:
+            ValueError: both or neither of ``clip_val`` and ``max_norm`` are given.
         """
-        if (clip_val is None) == (max_norm is None):
-            raise ValueError(
-                f"Fabric.clip_gradients(clip_val={clip_val!r}, max_norm={max_norm!r}): give exactly one of them."
-            )
-        inner = optimizer.optimizer if isinstance(optimizer, FabricOptimizer) else optimizer
-        if max_norm is not None:
-            return self._strategy.clip_gradients_norm(
-                module, inner, max_norm, norm_type=norm_type, error_if_nonfinite=error_if_nonfinite
-            )
-        assert clip_val is not None
-        self._strategy.clip_gradients_value(module, inner, clip_val)
-        return None
+        return self._strategy.clip_gradients(
+            module, unwrap(optimizer), clip_val, max_norm, norm_type, error_if_nonfinite
+        )
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """The precision's forward context, for code that runs outside the wrapped module's forward."""
@@ -619,11 +609,7 @@ class Fabric:
                 "Fabric.load_raw(weights_only=False): a bare state dict holds only tensors and plain values, "
                 "so it always loads with weights_only=True. Use fabric.load() for checkpoints with other objects."
             )
-        if isinstance(obj, FabricModule):
-            obj = obj.module
-        elif isinstance(obj, FabricOptimizer):
-            obj = obj.optimizer
-        checkpoint.load_raw(os.fspath(path), obj, strict=strict)
+        checkpoint.load_raw(os.fspath(path), unwrap(obj), strict=strict)
 
     def __repr__(self) -> str:
         return (

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -22,6 +22,7 @@ from treadle.strategies import Strategy
 from treadle.tree import move_to_device
 
 _MISSING = object()
+T = TypeVar("T")
 
 # The registries behind torch.nn.modules.module.register_module_forward_hook and its siblings: dicts that
 # torch mutates in place, so holding them is enough to see hooks registered later.
@@ -324,6 +325,15 @@ class FabricDataLoader:
 
     def __repr__(self) -> str:
         return f"FabricDataLoader({self._dataloader!r}, device={self._device})"
+
+
+def unwrap(obj: T) -> T:
+    """The module or optimizer that was set up, for a set-up one; anything else unchanged."""
+    if isinstance(obj, FabricModule):
+        return obj.module  # type: ignore[return-value]
+    if isinstance(obj, FabricOptimizer):
+        return obj.optimizer  # type: ignore[return-value]
+    return obj
 
 
 def check_unwrapped(obj: object, position: int, wrapper: type, expected: type, method: str) -> None:

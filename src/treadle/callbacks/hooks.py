@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import warnings
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from treadle.callbacks.codegen import is_identifier
@@ -110,8 +111,11 @@ _T = TypeVar("_T")
 
 
 class HookRegistry:
-    """The hook names one `Fabric` knows: `KNOWN_HOOKS`, names declared with `register`, and every name
-    fired through `CallbackDispatcher.call`.
+    """The hook names one `Fabric` knows: `KNOWN_HOOKS`, the names in `hooks` and those declared with
+    `register`, and every name fired through `CallbackDispatcher.call`.
+
+    Raises:
+        TypeError: `hooks` is not a list (or another sequence) of names.
 
     Example:
         >>> registry = HookRegistry()
@@ -120,12 +124,16 @@ class HookRegistry:
         (True, True)
     """
 
-    def __init__(self) -> None:
+    def __init__(self, hooks: Sequence[str] = ()) -> None:
+        if isinstance(hooks, str) or not isinstance(hooks, Sequence):
+            raise TypeError(f"hooks={hooks!r} must be a list of hook names, e.g. hooks=['on_my_event'].")
         self._names: set[str] = set(KNOWN_HOOKS)
         # One warning per (class, method) for the lifetime of this registry, however many instances of the
         # class are registered. Classes are kept by name, so that the registry pickles (ddp_spawn) even
         # when a warned class cannot be.
         self._warned: set[tuple[str, str, str]] = set()
+        for name in hooks:
+            self.register(name)
 
     @property
     def names(self) -> frozenset[str]:

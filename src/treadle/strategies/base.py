@@ -214,6 +214,25 @@ class Strategy:
             and self.precision.passes_through
         )
 
+    def clip_gradients(
+        self,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        clip_val: float | None,
+        max_norm: float | None,
+        norm_type: float = 2.0,
+        error_if_nonfinite: bool = True,
+    ) -> torch.Tensor | None:
+        """``Fabric.clip_gradients``: by value or by norm, whichever of `clip_val` and `max_norm` is given."""
+        if max_norm is not None and clip_val is None:
+            return self.clip_gradients_norm(module, optimizer, max_norm, norm_type, error_if_nonfinite)
+        if clip_val is not None and max_norm is None:
+            self.clip_gradients_value(module, optimizer, clip_val)
+            return None
+        raise ValueError(
+            f"Fabric.clip_gradients(clip_val={clip_val!r}, max_norm={max_norm!r}): give exactly one of them."
+        )
+
     def clip_gradients_norm(
         self,
         module: nn.Module,

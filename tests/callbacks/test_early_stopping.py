@@ -68,6 +68,30 @@ def test_train_epoch_end_checks_instead_when_asked() -> None:
     assert early_stopping.should_stop
 
 
+class StepLogger:
+    """Logs the global step as ``score`` on every batch: a metric that never improves under mode="min"."""
+
+    def __init__(self) -> None:
+        self.checks_seen: list[tuple[int, bool]] = []
+
+    def on_train_batch_end(self, trainer: Any) -> None:
+        trainer.log("score", float(trainer.global_step))
+
+    def on_train_epoch_end(self, trainer: Any) -> None:
+        self.checks_seen.append((trainer.current_epoch, trainer.epoch_finished))
+
+
+def test_an_epoch_cut_short_is_not_checked() -> None:
+    # Regression: when max_steps ended training mid-epoch, that partial epoch counted as a check.
+    early_stopping = EarlyStopping("score", patience=1, check_on_train_epoch_end=True, verbose=False)
+    logger = StepLogger()
+    fit_tiny(callbacks=[logger, early_stopping], max_epochs=5, max_steps=6)  # 4 batches per epoch
+    assert logger.checks_seen == [(0, True), (1, False)]
+    assert early_stopping.best_score == 4.0
+    assert early_stopping.wait_count == 0
+    assert not early_stopping.should_stop
+
+
 class TwoRankFabric:
     """A stand-in for a 2-process Fabric whose other rank asks to stop."""
 

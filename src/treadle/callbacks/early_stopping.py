@@ -22,7 +22,8 @@ class EarlyStopping(Callback):
     """Stops training once ``monitor`` has gone ``patience`` checks in a row without improving.
 
     A check happens at the end of each validation run (``on_validation_end``), or at the end of each
-    training epoch with ``check_on_train_epoch_end=True`` (for metrics logged during training). A value
+    training epoch with ``check_on_train_epoch_end=True`` (for metrics logged during training; in the
+    Trainer, an epoch cut short by ``max_steps``, a stop request or SIGTERM is not checked). A value
     improves when it beats the best so far by more than ``min_delta`` (lower for ``mode="min"``, higher
     for ``"max"``). With ``check_finite``, a NaN or infinite value stops training at once.
 
@@ -125,7 +126,9 @@ class EarlyStopping(Callback):
     def on_train_epoch_end(
         self, metrics: Mapping[str, Any] | None = None, trainer: Any = None, fabric: Any = None
     ) -> None:
-        if self.check_on_train_epoch_end:
+        # An epoch that training left early (max_steps, a stop request, SIGTERM) has only partial metrics,
+        # and counting it would spend patience on a check that compares unlike values.
+        if self.check_on_train_epoch_end and (trainer is None or trainer.epoch_finished):
             self._check(metrics, trainer, fabric)
 
     # --- the decision ------------------------------------------------------------------------------------

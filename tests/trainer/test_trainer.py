@@ -106,8 +106,10 @@ def test_logged_values_reach_loggers_and_callback_metrics() -> None:
     assert set(fitted.callback_metrics) >= {"train_loss", "val_loss", "val_acc", "custom", "twice", "epoch"}
     assert all(type(value) is float for value in fitted.callback_metrics.values())
     assert logger.statuses == ["success"]
-    with pytest.raises(TypeError, match=r"Trainer.log\('bad'"):
+    with pytest.raises(ValueError, match=r"Trainer.log\('bad', ...\) got a tensor of shape \(3,\)"):
         fitted.log("bad", torch.ones(3))
+    with pytest.raises(TypeError, match=r"Trainer.log\('bad', ...\) got 'text'"):
+        fitted.log("bad", "text")
 
 
 def test_validation_metrics_are_weighted_by_batch_size() -> None:

@@ -347,10 +347,11 @@ def parse_loggers(loggers: Any) -> list[Any]:
     return parsed
 
 
-def metric_value(name: str, value: Any) -> int | float:
-    """A value given to ``Fabric.log`` as a Python number, converted once for every logger.
+def metric_value(name: str, value: Any, where: str = "Fabric.log") -> int | float:
+    """A logged value as a Python number, converted once for every logger.
 
-    Ints stay exact; one-element tensors and numpy scalars become Python numbers.
+    Ints stay exact; one-element tensors and numpy scalars become Python numbers. `where` names the call
+    the user made (``"Fabric.log"``, ``"Trainer.log"``) in the error messages.
 
     Raises:
         ValueError: ``value`` is a tensor with more than one element.
@@ -360,15 +361,15 @@ def metric_value(name: str, value: Any) -> int | float:
     if hasattr(value, "numel") and hasattr(value, "item"):
         if value.numel() != 1:
             raise ValueError(
-                f"Fabric.log({name!r}, ...) got a tensor of shape {tuple(value.shape)}; only single numbers "
+                f"{where}({name!r}, ...) got a tensor of shape {tuple(value.shape)}; only single numbers "
                 "can be logged. Reduce it first, e.g. value.mean()."
             )
         value = value.item()
     try:
-        return to_number(name, value, "Fabric.log")
+        return to_number(name, value, where)
     except TypeError:
         # Raised here, where the user's call is, rather than by whichever logger happens to come first.
         raise TypeError(
-            f"Fabric.log({name!r}, ...) got {value!r} ({type(value).__name__}), which is not a number. "
+            f"{where}({name!r}, ...) got {value!r} ({type(value).__name__}), which is not a number. "
             "Log an int, a float or a tensor with one element; put text in logger.log_hyperparams(...)."
         ) from None

@@ -11,7 +11,7 @@ import torch
 if TYPE_CHECKING:
     from treadle.fabric import Fabric
 
-__all__ = ["EpochMeans", "batch_size_of", "step_metrics", "to_number"]
+__all__ = ["EpochMeans", "batch_size_of", "step_metrics"]
 
 
 def step_metrics(output: Any, prefix: str, where: str) -> dict[str, torch.Tensor | float]:
@@ -38,21 +38,6 @@ def step_metrics(output: Any, prefix: str, where: str) -> dict[str, torch.Tensor
                 "of them) so they can be averaged over the epoch."
             )
     return named
-
-
-def to_number(name: str, value: Any) -> int | float:
-    """A logged value as a Python number (a one-element tensor is read with ``item()``).
-
-    Raises:
-        TypeError: the value is not a single number.
-    """
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return value
-    raise TypeError(
-        f"Trainer.log({name!r}, ...) got {type(value).__name__}; log a number or a one-element tensor."
-    )
 
 
 def batch_size_of(batch: Any) -> int:

@@ -23,12 +23,13 @@ from torch.utils.data import DataLoader
 
 from treadle.errors import add_note
 from treadle.fabric import Fabric
+from treadle.loggers.base import metric_value
 from treadle.trainer import checkpointing
 from treadle.trainer.batches import check_loader, count_batches, numbered, set_sampler_epoch, skip
 from treadle.trainer.config import ClipAlgorithm, LoopSettings, parse_max_time
 from treadle.trainer.lifecycle import model_as_last_callback
 from treadle.trainer.limits import Limits
-from treadle.trainer.metrics import EpochMeans, batch_size_of, step_metrics, to_number
+from treadle.trainer.metrics import EpochMeans, batch_size_of, step_metrics
 from treadle.trainer.model import StepRouter, check_model, loss_of
 from treadle.trainer.optim import parse_optimizer_config, step_schedulers
 from treadle.trainer.preemption import PreemptionFlag
@@ -217,9 +218,10 @@ class Trainer:
         """Log scalars (numbers or one-element tensors) to every logger and ``callback_metrics``.
 
         Raises:
-            TypeError: a value is not a single number.
+            ValueError: a value is a tensor with more than one element.
+            TypeError: a value is not a number.
         """
-        numbers = {name: to_number(name, value) for name, value in metrics.items()}
+        numbers = {name: metric_value(name, value, "Trainer.log") for name, value in metrics.items()}
         self.callback_metrics.update({name: float(value) for name, value in numbers.items()})
         self.fabric.log_dict(numbers, step=self.progress.global_step)
 

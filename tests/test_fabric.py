@@ -540,7 +540,7 @@ def test_callbacks_can_be_removed_and_instrumented_through_fabric() -> None:
 
 
 def test_hooks_argument_must_be_a_list_of_names() -> None:
-    with pytest.raises(TypeError, match=r"hooks=123 must be a list of hook names"):
+    with pytest.raises(TypeError, match=r"Fabric\(hooks=123\) must be a list of hook names"):
         Fabric(accelerator="cpu", hooks=123)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match=r"hooks=.on_x. must be a list"):
+    with pytest.raises(TypeError, match=r"Fabric\(hooks=.on_x.\) must be a list"):
         Fabric(accelerator="cpu", hooks="on_x")

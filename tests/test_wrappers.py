@@ -160,6 +160,21 @@ def test_optimizer_zero_grad_and_its_copies() -> None:
     assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
     optimizer.zero_grad()
     assert all(p.grad is None for p in model.parameters())
-    twin = copy.deepcopy(optimizer)
-    assert twin.zero_grad.__self__ is twin.optimizer  # bound to the copy's own optimizer
-    assert pickle.loads(pickle.dumps(optimizer)).zero_grad.__self__ is not optimizer.optimizer
+    for twin in (copy.deepcopy(optimizer), pickle.loads(pickle.dumps(optimizer))):
+        assert twin.optimizer is not optimizer.optimizer
+        assert twin.param_groups[0]["lr"] == 0.1
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_a_forward_set_on_the_wrapper_is_called(precision: str) -> None:
+    model = Fabric(accelerator="cpu", precision=precision).setup_module(make_model())
+    calls: list[int] = []
+    original = model.forward
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    model.forward = counted  # type: ignore[method-assign]
+    model(torch.randn(2, 4))
+    assert calls == [1]

@@ -82,6 +82,10 @@ class Fabric:
         self._accelerator, self._precision, self._strategy = build_runtime(
             accelerator, strategy, devices, num_nodes, precision
         )
+        if isinstance(hooks, str) or not isinstance(hooks, Sequence):
+            raise TypeError(
+                f"Fabric(hooks={hooks!r}) must be a list of hook names, e.g. hooks=['on_my_event']."
+            )
         self._callbacks = CallbackDispatcher(
             callbacks,
             strict_hooks=strict_hooks,

@@ -1,7 +1,7 @@
 """What ``Fabric.setup*`` returns: modules, optimizers and dataloaders that behave like the originals.
 
-A wrapped module runs its forward in the precision's context; a wrapped optimizer steps through the strategy
-(grad scaler, hooks); a wrapped dataloader delivers batches on the device. Everything else is forwarded to
+A wrapped module runs its forward in the precision's context; a wrapped optimizer fires the step hooks and
+steps through the grad scaler where there is one; a wrapped dataloader delivers batches on the device. Everything else is forwarded to
 the original object, so user code that reads attributes, state dicts or ``isinstance`` keeps working.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,19 +18,21 @@ from torch.utils.data import DataLoader
 
 from treadle.checkpoint import unwrap_compiled
 from treadle.precision import Precision
+from treadle.precision.base import inherits
 from treadle.strategies import Strategy
 from treadle.tree import move_to_device
 
 _MISSING = object()
-T = TypeVar("T")
 
 # The registries behind torch.nn.modules.module.register_module_forward_hook and its siblings: dicts that
-# torch mutates in place, so holding them is enough to see hooks registered later.
-_global_forward_hooks = torch.nn.modules.module._global_forward_hooks
-_global_forward_pre_hooks = torch.nn.modules.module._global_forward_pre_hooks
-_global_backward_hooks = torch.nn.modules.module._global_backward_hooks
-_global_backward_pre_hooks = torch.nn.modules.module._global_backward_pre_hooks
-_tracing_state = torch._C._get_tracing_state
+# torch mutates in place, so holding them is enough to see hooks registered later. They are private: should
+# a torch release rename one, the stand-in (never empty) sends every call down nn.Module's own path.
+_RENAMED = {"renamed in this torch release": None}
+_global_forward_hooks = getattr(torch.nn.modules.module, "_global_forward_hooks", _RENAMED)
+_global_forward_pre_hooks = getattr(torch.nn.modules.module, "_global_forward_pre_hooks", _RENAMED)
+_global_backward_hooks = getattr(torch.nn.modules.module, "_global_backward_hooks", _RENAMED)
+_global_backward_pre_hooks = getattr(torch.nn.modules.module, "_global_backward_pre_hooks", _RENAMED)
+_tracing_state: Callable[[], Any] = getattr(torch._C, "_get_tracing_state", lambda: True)
 
 # How the optimizer fires its hooks: `CallbackDispatcher.call_with(hook_name, kwargs)`.
 Fire = Callable[[str, dict[str, Any]], list[Any]]
@@ -53,11 +55,11 @@ class FabricModule(nn.Module):
         object.__setattr__(self, "_precision", precision)
         plain = type(precision) is Precision
         object.__setattr__(self, "_plain_precision", plain)
+        # Whether __call__ may run the module itself: only while nothing is to be done around it and no
+        # `forward` has been set on this wrapper (__setattr__ clears it then).
+        object.__setattr__(self, "_direct_run", plain)
         # Autocast precisions leave inputs alone: skip the call that would return them unchanged.
-        converts_input = type(
-            precision
-        ).convert_input is not Precision.convert_input or "convert_input" in vars(precision)
-        object.__setattr__(self, "_converts_input", converts_input)
+        object.__setattr__(self, "_converts_input", not inherits(precision, Precision, ("convert_input",)))
         # Methods other than forward must run through forward when something acts there (DDP's gradient
         # hooks, FSDP's unsharding, autocast); otherwise `model.training_step(...)` would silently skip it.
         object.__setattr__(self, "_redirect_methods", forward_module is not original_module or not plain)
@@ -86,7 +88,7 @@ class FabricModule(nn.Module):
             or _tracing_state()
         ):
             return super().__call__(*args, **kwargs)
-        if self._plain_precision:  # forward's own first line, one frame sooner
+        if self._direct_run:  # forward's own first line, one frame sooner
             return self._run(*args, **kwargs)
         return self.forward(*args, **kwargs)
 
@@ -167,6 +169,8 @@ class FabricModule(nn.Module):
         if original is not None and not own and not name.startswith("_") and hasattr(original, name):
             setattr(original, name, value)
             return
+        if name == "forward":  # a forward of the wrapper's own, which __call__ must now go through
+            object.__setattr__(self, "_direct_run", False)
         super().__setattr__(name, value)
 
     def __repr__(self) -> str:
@@ -174,7 +178,7 @@ class FabricModule(nn.Module):
 
 
 class FabricOptimizer(torch.optim.Optimizer):
-    """A set-up optimizer. ``step`` goes through the strategy (grad scaler) and fires the step hooks.
+    """A set-up optimizer. ``step`` fires the step hooks and goes through the grad scaler, if any.
 
     It is an ``Optimizer`` (isinstance holds) without copying one: param groups, state and every other
     attribute are the wrapped optimizer's own.
@@ -194,7 +198,6 @@ class FabricOptimizer(torch.optim.Optimizer):
         self.__dict__["_hook_arguments"] = {} if hook_arguments is None else hook_arguments
         # Nothing to scale: `step` calls the optimizer itself instead of going through strategy and precision.
         self.__dict__["_direct_step"] = strategy.passes_through
-        self.__dict__["zero_grad"] = optimizer.zero_grad
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
@@ -241,8 +244,6 @@ class FabricOptimizer(torch.optim.Optimizer):
         return output
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        # Not called in practice: __init__ puts the optimizer's own bound method on the instance, which
-        # saves a frame per step. This one stays for the class's interface and documentation.
         self.__dict__["_optimizer"].zero_grad(set_to_none=set_to_none)
 
     def state_dict(self) -> dict[str, Any]:
@@ -327,12 +328,12 @@ class FabricDataLoader:
         return f"FabricDataLoader({self._dataloader!r}, device={self._device})"
 
 
-def unwrap(obj: T) -> T:
+def unwrap(obj: Any) -> Any:
     """The module or optimizer that was set up, for a set-up one; anything else unchanged."""
     if isinstance(obj, FabricModule):
-        return obj.module  # type: ignore[return-value]
+        return obj.module
     if isinstance(obj, FabricOptimizer):
-        return obj.optimizer  # type: ignore[return-value]
+        return obj.optimizer
     return obj
 
 

@@ -115,7 +115,8 @@ class HookRegistry:
     `register`, and every name fired through `CallbackDispatcher.call`.
 
     Raises:
-        TypeError: `hooks` is not a list (or another sequence) of names.
+        TypeError: `hooks` is not a list (or another sequence) of names, or a name is not a str.
+        ValueError: a name in `hooks` is not an identifier starting with ``on_``.
 
     Example:
         >>> registry = HookRegistry()

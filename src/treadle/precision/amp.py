@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from treadle.precision.base import Precision, _inherits
+from treadle.precision.base import Precision, inherits
 from treadle.tree import map_tensors
 
 
@@ -44,7 +44,7 @@ class MixedPrecision(Precision):
     @property
     def passes_through(self) -> bool:
         # bfloat16 has no grad scaler, and without one `pre_backward` and `optimizer_step` below add nothing.
-        return self._scaler is None and _inherits(
+        return self._scaler is None and inherits(
             self, MixedPrecision, ("pre_backward", "backward", "optimizer_step")
         )
 

@@ -65,9 +65,10 @@ class Precision:
         """Whether `backward` and `optimizer_step` do exactly ``tensor.backward()`` and ``optimizer.step()``.
 
         Fabric then calls those itself and skips this layer on every step. True unless a subclass (or the
-        instance) replaces ``pre_backward``, ``backward`` or ``optimizer_step``.
+        instance) replaces ``pre_backward``, ``backward`` or ``optimizer_step``. Fabric reads it when a
+        module or optimizer is set up, so replace methods before ``setup``.
         """
-        return _inherits(self, Precision, ("pre_backward", "backward", "optimizer_step"))
+        return inherits(self, Precision, ("pre_backward", "backward", "optimizer_step"))
 
     @property
     def scaler(self) -> torch.amp.GradScaler | None:
@@ -85,7 +86,8 @@ class Precision:
         return f"{type(self).__name__}({self.name!r})"
 
 
-def _inherits(obj: object, base: type, names: tuple[str, ...]) -> bool:
-    # True when every method named is `base`'s own, neither overridden by a subclass nor set on the instance.
+def inherits(obj: object, base: type, names: tuple[str, ...]) -> bool:
+    """Whether every method in `names` is `base`'s own: neither overridden by a subclass of `base` nor set
+    on the instance. Lets a layer that only delegates be skipped when nothing has changed it."""
     own = vars(obj)
     return all(name not in own and getattr(type(obj), name) is getattr(base, name) for name in names)

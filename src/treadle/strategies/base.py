@@ -17,6 +17,7 @@ from torch.overrides import TorchFunctionMode
 from treadle import checkpoint
 from treadle.accelerators import Accelerator
 from treadle.precision import Precision
+from treadle.precision.base import inherits
 from treadle.strategies.environment import ProcessEnvironment
 
 T = TypeVar("T")
@@ -203,16 +204,10 @@ class Strategy:
 
         True when neither this strategy nor its precision changes them (every built-in strategy, and every
         precision but ``16-mixed``). Fabric then calls those itself: a tiny model's step is a few hundred
-        microseconds, and the layers between would add about one percent to it.
+        microseconds, and the layers between would add about one percent to it. Fabric reads it when a
+        module or optimizer is set up, so replace methods before ``setup``.
         """
-        own = vars(self)
-        return (
-            type(self).backward is Strategy.backward
-            and type(self).optimizer_step is Strategy.optimizer_step
-            and "backward" not in own
-            and "optimizer_step" not in own
-            and self.precision.passes_through
-        )
+        return inherits(self, Strategy, ("backward", "optimizer_step")) and self.precision.passes_through
 
     def clip_gradients(
         self,
@@ -225,7 +220,9 @@ class Strategy:
     ) -> torch.Tensor | None:
         """``Fabric.clip_gradients``: by value or by norm, whichever of `clip_val` and `max_norm` is given."""
         if max_norm is not None and clip_val is None:
-            return self.clip_gradients_norm(module, optimizer, max_norm, norm_type, error_if_nonfinite)
+            return self.clip_gradients_norm(
+                module, optimizer, max_norm, norm_type=norm_type, error_if_nonfinite=error_if_nonfinite
+            )
         if clip_val is not None and max_norm is None:
             self.clip_gradients_value(module, optimizer, clip_val)
             return None

@@ -160,6 +160,13 @@ def test_optimizer_zero_grad_and_its_copies() -> None:
     assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
     optimizer.zero_grad()
     assert all(p.grad is None for p in model.parameters())
+    calls: list[bool] = []
+    inner_zero_grad = optimizer.optimizer.zero_grad
+    optimizer.zero_grad = lambda set_to_none=True: calls.append(set_to_none)  # lands on the wrapped one
+    optimizer.zero_grad()
+    assert calls == [True] and optimizer.optimizer.zero_grad is optimizer.zero_grad
+    del optimizer.optimizer.zero_grad
+    assert optimizer.zero_grad == inner_zero_grad
     for twin in (copy.deepcopy(optimizer), pickle.loads(pickle.dumps(optimizer))):
         assert twin.optimizer is not optimizer.optimizer
         assert twin.param_groups[0]["lr"] == 0.1
@@ -178,3 +185,24 @@ def test_a_forward_set_on_the_wrapper_is_called(precision: str) -> None:
     model.forward = counted  # type: ignore[method-assign]
     model(torch.randn(2, 4))
     assert calls == [1]
+
+
+class CountSteps:
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def on_after_optimizer_step(self) -> None:
+        self.steps += 1
+
+
+def test_a_copied_optimizer_fires_the_copied_callbacks() -> None:
+    counter = CountSteps()
+    fabric = Fabric(accelerator="cpu", callbacks=[counter])
+    model = make_model()
+    model, optimizer = fabric.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    optimizer.step()
+    fabric_copy, optimizer_copy = copy.deepcopy((fabric, optimizer))
+    optimizer_copy.step()
+    assert counter.steps == 1
+    assert fabric_copy.callbacks[0].steps == 2
+    assert optimizer_copy._plans is fabric_copy._callbacks.plans

@@ -95,6 +95,7 @@ class Fabric:
         # `fabric.call` is the dispatcher's own bound method: the documented method below would add a
         # Python frame and a re-packing of **kwargs to every call in the loop.
         self.call = self._callbacks.call  # type: ignore[method-assign]
+        self._plans = self._callbacks.plans
         self._loggers = parse_loggers(loggers)
         # Keyword arguments added to the hooks Fabric fires itself (the Trainer adds trainer=); shared by
         # reference with the optimizers it wraps.
@@ -359,7 +360,7 @@ class Fabric:
     ) -> FabricOptimizer:
         check_unwrapped(optimizer, position, FabricOptimizer, torch.optim.Optimizer, method)
         prepared = self._strategy.setup_optimizer(optimizer)
-        return FabricOptimizer(prepared, self._strategy, self._callbacks.call_with, self._hook_arguments)
+        return FabricOptimizer(prepared, self._strategy, self._plans, self._hook_arguments)
 
     def setup_dataloaders(
         self, *dataloaders: DataLoader[Any], use_distributed_sampler: bool = True, move_to_device: bool = True
@@ -405,14 +406,14 @@ class Fabric:
                 "Fabric.backward() was called before any module was set up. "
                 "Call `model, optimizer = fabric.setup(model, optimizer)` first."
             )
-        fire = self._callbacks.call_with
+        plans = self._plans  # plans[hook]((), kwargs) is call_with(hook, kwargs), one frame sooner
         hook_arguments = self._hook_arguments
-        fire("on_before_backward", {"loss": tensor, **hook_arguments})
+        plans["on_before_backward"]((), {"loss": tensor, **hook_arguments})
         if direct and not (args or kwargs):  # nothing to scale here: skip the strategy and precision layers
             tensor.backward()  # type: ignore[no-untyped-call]
         else:
             self._strategy.backward(tensor, model, *args, **kwargs)
-        fire("on_after_backward", hook_arguments)
+        plans["on_after_backward"]((), hook_arguments)
 
     def clip_gradients(
         self,

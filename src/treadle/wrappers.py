@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import operator
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -34,8 +35,9 @@ _global_backward_hooks = getattr(torch.nn.modules.module, "_global_backward_hook
 _global_backward_pre_hooks = getattr(torch.nn.modules.module, "_global_backward_pre_hooks", _RENAMED)
 _tracing_state: Callable[[], Any] = getattr(torch._C, "_get_tracing_state", lambda: True)
 
-# How the optimizer fires its hooks: `CallbackDispatcher.call_with(hook_name, kwargs)`.
-Fire = Callable[[str, dict[str, Any]], list[Any]]
+# How the optimizer fires its hooks: `CallbackDispatcher.plans`, whose `plans[hook]((), kwargs)` is
+# `call_with(hook, kwargs)` without a Python frame in between.
+Plans = Mapping[str, Callable[[tuple[Any, ...], dict[str, Any]], list[Any]]]
 
 
 class FabricModule(nn.Module):
@@ -188,13 +190,13 @@ class FabricOptimizer(torch.optim.Optimizer):
         self,
         optimizer: torch.optim.Optimizer,
         strategy: Strategy,
-        fire: Fire,
+        plans: Plans,
         hook_arguments: dict[str, Any] | None = None,
     ) -> None:
         # Optimizer.__init__ is deliberately not called: all state lives in the wrapped optimizer.
         self.__dict__["_optimizer"] = optimizer
         self.__dict__["_strategy"] = strategy
-        self.__dict__["_fire"] = fire
+        self.__dict__["_plans"] = plans
         self.__dict__["_hook_arguments"] = {} if hook_arguments is None else hook_arguments
         # Nothing to scale: `step` calls the optimizer itself instead of going through strategy and precision.
         self.__dict__["_direct_step"] = strategy.passes_through
@@ -230,21 +232,26 @@ class FabricOptimizer(torch.optim.Optimizer):
 
     def step(self, closure: Callable[[], float] | None = None) -> Any:
         state = self.__dict__
-        fire = state["_fire"]
+        plans = state["_plans"]
         optimizer = state["_optimizer"]
         hook_kwargs = {"optimizer": optimizer, **state["_hook_arguments"]}  # one dict for both hooks
-        fire("on_before_optimizer_step", hook_kwargs)
+        plans["on_before_optimizer_step"]((), hook_kwargs)
         if closure is not None:
             output = state["_strategy"].optimizer_step(optimizer, closure=closure)
         elif state["_direct_step"]:
             output = optimizer.step()
         else:
             output = state["_strategy"].optimizer_step(optimizer)
-        fire("on_after_optimizer_step", hook_kwargs)
+        plans["on_after_optimizer_step"]((), hook_kwargs)
         return output
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.__dict__["_optimizer"].zero_grad(set_to_none=set_to_none)
+    # The wrapped optimizer's own zero_grad (with its own defaults), looked up on every access so that a
+    # patched one is seen, and patched there when set here. A C-level getter: a method here would add a
+    # Python frame to every step.
+    zero_grad = property(
+        operator.attrgetter("_optimizer.zero_grad"),
+        lambda self, value: setattr(self.optimizer, "zero_grad", value),
+    )
 
     def state_dict(self) -> dict[str, Any]:
         return self.optimizer.state_dict()

@@ -1000,3 +1000,42 @@ def test_a_shallow_copy_shares_the_callbacks_but_not_the_list() -> None:
     clone.add(Scaled(7))
     assert clone.call("on_x", 1) == [2, 5, 3, 7]
     assert dispatcher.call("on_x", 1) == [2, 5, 3]
+
+
+def test_plans_table_runs_plans_without_call_and_plans_missing_hooks() -> None:
+    log: list[Any] = []
+    dispatcher = CallbackDispatcher([Recorder("r", log)])
+    plans = dispatcher.plans
+    assert "on_x" not in plans
+    assert plans["on_x"]((), {"loss": 1}) == ["r"]  # a stand-in plans the hook on its first call
+    assert "on_x" in plans
+    assert plans["on_x"]((), {"loss": 2}) == ["r"]
+    dispatcher.add(Recorder("s", log))  # invalidated in place: the same table, replanned on next use
+    assert dispatcher.plans is plans and "on_x" not in plans
+    assert plans["on_x"]((), {"loss": 3}) == ["r", "s"]
+    assert [kwargs for _, _, kwargs in log] == [{"loss": 1}, {"loss": 2}, {"loss": 3}, {"loss": 3}]
+
+
+class HoldsTable:
+    """Like a set-up optimizer: keeps a reference to its dispatcher's plan table."""
+
+    def __init__(self, dispatcher: CallbackDispatcher) -> None:
+        self.dispatcher = dispatcher
+        self.plans = dispatcher.plans
+
+
+@pytest.mark.parametrize("clone", [copy.deepcopy, lambda obj: pickle.loads(pickle.dumps(obj))])
+def test_copies_of_a_table_holder_share_the_copied_dispatchers_table(clone: Any) -> None:
+    dispatcher = used_dispatcher()
+    holder = HoldsTable(dispatcher)
+    dispatcher.add(holder)  # a cycle: the dispatcher reaches the holder, which holds its table
+    copied = clone(holder)
+    assert copied.plans is copied.dispatcher.plans is not dispatcher.plans
+    assert copied.plans["on_x"]((1,), {}) == [2, 5, 3]
+    assert "on_x" in copied.dispatcher.plans and "on_x" not in dispatcher.plans
+
+
+def test_a_shallow_copy_gets_its_own_plan_table() -> None:
+    dispatcher = used_dispatcher()
+    clone = copy.copy(dispatcher)
+    assert clone.plans is not dispatcher.plans and clone.plans.dispatcher is clone

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import collections.abc
+import functools
 import types
 from typing import Any, TypeGuard
 
@@ -74,7 +75,7 @@ class CallbackDispatcher:
         # built for each hook, so that `call` can find it without building a key; that plan checks the shape
         # of the call itself and hands other shapes to `_call_shaped`.
         self._plans: dict[tuple[str, int, tuple[str, ...]], Plan] = {}
-        self._by_hook: dict[str, Plan] = {}
+        self._by_hook = PlanTable(self)
         self._by_hook_key: dict[str, tuple[str, int, tuple[str, ...]]] = {}
         self._rebuild_depth = 0
         for position, callback in enumerate(_as_callback_list(callbacks)):
@@ -86,10 +87,24 @@ class CallbackDispatcher:
         # callbacks, which a deep copy must not keep calling: the copy starts with none.
         state = self.__dict__.copy()
         state["_callbacks"] = list(self._callbacks)  # a shallow copy gets its own list to add to
-        for cache in ("_plans", "_by_hook", "_by_hook_key"):
-            state[cache] = {}
+        state["_plans"], state["_by_hook_key"] = {}, {}  # `_by_hook` pickles empty (PlanTable.__reduce__)
         state["_rebuild_depth"] = 0
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self._by_hook.dispatcher is not self:  # a shallow copy: the table is still the original's
+            self._by_hook = PlanTable(self)
+
+    @property
+    def plans(self) -> PlanTable:
+        """The compiled plan of each hook, by name: ``plans[hook]((), kwargs)`` is ``call_with(hook, kwargs)``
+        without the Python frame in between, for the hooks the runtime fires on every step.
+
+        A live table: a plan that finds its callbacks changed rebuilds itself and takes its place here, and
+        a hook not planned yet gets a stand-in that plans on its first call. Do not modify it.
+        """
+        return self._by_hook
 
     @property
     def callbacks(self) -> tuple[object, ...]:
@@ -213,8 +228,8 @@ class CallbackDispatcher:
             [1, 1]
         """
         try:
-            plan = self._by_hook[hook_name]
-        except (KeyError, TypeError):  # the hook's first call, or a hook_name that is not a str
+            plan = self._by_hook[hook_name]  # a stand-in that plans, on the hook's first call
+        except TypeError:  # an unhashable hook_name: let planning say what is wrong with it
             return self._call_shaped(hook_name, args, kwargs)
         return plan(args, kwargs)
 
@@ -234,7 +249,7 @@ class CallbackDispatcher:
         """
         try:
             plan = self._by_hook[hook_name]
-        except (KeyError, TypeError):
+        except TypeError:
             return self._call_shaped(hook_name, (), kwargs)
         return plan((), kwargs)
 
@@ -300,6 +315,23 @@ class CallbackDispatcher:
         return self._planner.build(
             self._callbacks, hook, nargs, kwnames, reshape=reshape, stale=stale, dynamic=dynamic
         )
+
+
+class PlanTable(dict[str, Plan]):
+    """`CallbackDispatcher.plans`: compiled plans by hook name. A missing hook reads as a stand-in that
+    plans the hook for the shape of its first call (which stores the real plan here) and runs it."""
+
+    def __init__(self, dispatcher: CallbackDispatcher) -> None:
+        super().__init__()
+        self.dispatcher = dispatcher
+
+    def __missing__(self, hook: str) -> Plan:
+        return functools.partial(self.dispatcher._call_shaped, hook)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Copied empty: compiled plans do not pickle, and the copied dispatcher rebuilds them. Pickle keeps
+        # one copy per table, so the wrappers holding it and the copied dispatcher still share it.
+        return PlanTable, (self.dispatcher,)
 
 
 def _checked_rank(rank: object) -> int:

@@ -1,8 +1,10 @@
 """Per-step overhead: a Fabric loop vs the same hand-written PyTorch loop, side by side in one run.
 
 The model is deliberately tiny (two hidden layers of width 32, batch 8, SGD) so that any per-step cost of
-the library shows. Both loops run in alternating chunks and the best chunk of each is compared, which
-cancels most of the noise of a shared machine. Target: treadle >= 0.97x the raw loop's steps/s.
+the library shows. Each round runs one chunk of every loop, in an order that rotates from round to round;
+the ratio is the median over rounds of treadle's steps/s against the raw loop's chunk of the same round,
+with quartiles. Pairing chunks of one round cancels slow drifts of a shared machine, and the median
+ignores the chunks that another process interrupted. Target: treadle >= 0.97x the raw loop's steps/s.
 
     python bench/bench_step.py                 # cpu, 32-true and bf16-mixed (cuda too when available)
     python bench/bench_step.py --devices cpu --rounds 15
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,7 +24,7 @@ from torch import nn
 
 import treadle
 
-STEPS_PER_CHUNK = 200
+STEPS_PER_CHUNK = 100
 
 
 class NoOp:
@@ -82,28 +85,43 @@ def fabric_loop(fabric_cls: Any, device: torch.device, precision: str) -> Callab
     return run
 
 
-def best_steps_per_second(
+def steps_per_second(
     loops: dict[str, Callable[[int], None]], device: torch.device, rounds: int
-) -> dict[str, float]:
+) -> dict[str, list[float]]:
+    """Steps/s of every loop in every round."""
     for run in loops.values():  # warm-up: allocator, autograd graph caches, dispatch plans
         run(STEPS_PER_CHUNK)
-    best = {name: 0.0 for name in loops}
-    for _ in range(rounds):
-        for name, run in loops.items():
+    names = list(loops)
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(rounds):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            run(STEPS_PER_CHUNK)
+            loops[name](STEPS_PER_CHUNK)
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            best[name] = max(best[name], STEPS_PER_CHUNK / (time.perf_counter() - start))
-    return best
+            rates[name].append(STEPS_PER_CHUNK / (time.perf_counter() - start))
+    return rates
+
+
+def best_ratio(rates: dict[str, list[float]], name: str) -> str:
+    """`name`'s best chunk against the raw loop's best chunk."""
+    return f"{max(rates[name]) / max(rates['raw']):.3f}x"
+
+
+def paired_ratio(rates: dict[str, list[float]], name: str) -> str:
+    """Median and quartiles over rounds of `name`'s steps/s against the raw loop's in the same round."""
+    ratios = sorted(ours / raw for ours, raw in zip(rates[name], rates["raw"], strict=True))
+    low, _, high = statistics.quantiles(ratios, n=4)
+    return f"{statistics.median(ratios):.3f}x [{low:.3f}-{high:.3f}]"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", nargs="*", default=None, help="cpu and/or cuda (default: all available)")
-    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=40)
     args = parser.parse_args()
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     torch.set_num_threads(1)  # one thread: a tiny model is faster so, and the comparison is steadier
@@ -121,21 +139,28 @@ def main() -> None:
             }
             if LightningFabric is not None:
                 loops["lightning"] = fabric_loop(LightningFabric, device, precision)
-            best = best_steps_per_second(loops, device, args.rounds)
-            rows.append((device_name, precision, best))
-    print(f"torch {torch.__version__}; best of {args.rounds} chunks of {STEPS_PER_CHUNK} steps")
-    header = f"{'device':<7}{'precision':<12}{'raw steps/s':>13}{'treadle':>10}{'ratio':>8}"
+            rates = steps_per_second(loops, device, args.rounds)
+            rows.append((device_name, precision, rates))
+    print(f"torch {torch.__version__}; {args.rounds} rounds of one {STEPS_PER_CHUNK}-step chunk per loop")
+    header = f"{'device':<7}{'precision':<12}{'raw steps/s':>13}{'treadle':>9}{'best':>8}{'paired [quartiles]':>25}"
     if LightningFabric is not None:
-        header += f"{'lightning':>11}{'ratio':>8}"
+        header += f"{'lightning':>11}{'best':>8}{'paired [quartiles]':>25}"
     print(header)
-    for device_name, precision, best in rows:
+    for device_name, precision, rates in rows:
         line = (
-            f"{device_name:<7}{precision:<12}{best['raw']:>13.0f}{best['treadle']:>10.0f}"
-            f"{best['treadle'] / best['raw']:>7.3f}x"
+            f"{device_name:<7}{precision:<12}{max(rates['raw']):>13.0f}{max(rates['treadle']):>9.0f}"
+            f"{best_ratio(rates, 'treadle'):>8}{paired_ratio(rates, 'treadle'):>25}"
         )
-        if "lightning" in best:
-            line += f"{best['lightning']:>11.0f}{best['lightning'] / best['raw']:>7.3f}x"
+        if "lightning" in rates:
+            line += (
+                f"{max(rates['lightning']):>11.0f}{best_ratio(rates, 'lightning'):>8}"
+                f"{paired_ratio(rates, 'lightning'):>25}"
+            )
         print(line)
+    print(
+        "steps/s and best: the fastest chunk of each loop (interference only slows a chunk down); paired: median "
+        "over rounds of steps/s against the raw chunk of the same round"
+    )
 
 
 if __name__ == "__main__":

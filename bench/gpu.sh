@@ -20,7 +20,7 @@ run() {  # run NAME TIMEOUT COMMAND...: keep going on failure, remember the outc
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 run gpu-tests 240 python3 -m pytest -q -p no:cacheprovider -m gpu tests
-run bench-step 120 python3 bench/bench_step.py --devices cuda --rounds 10
+run bench-step 150 python3 bench/bench_step.py --devices cuda --rounds 30
 [ -f bench/bench_timer_gpu.py ] && run bench-timer 150 python3 bench/bench_timer_gpu.py --budget 60
 [ -f bench/gpu_distributed.py ] && [ -z "${SKIP_DISTRIBUTED:-}" ] && run ddp-fsdp 180 python3 bench/gpu_distributed.py
 

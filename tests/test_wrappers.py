@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import gc
 import pickle
+import weakref
 from typing import Any
 
 import pytest
@@ -206,3 +208,26 @@ def test_a_copied_optimizer_fires_the_copied_callbacks() -> None:
     assert counter.steps == 1
     assert fabric_copy.callbacks[0].steps == 2
     assert optimizer_copy._plans is fabric_copy._callbacks.plans
+
+
+@pytest.mark.parametrize("clone", [copy.deepcopy, copy.copy, lambda obj: pickle.loads(pickle.dumps(obj))])
+def test_set_up_modules_are_remembered_across_copies_and_held_weakly(clone: Any) -> None:
+    fabric = Fabric(accelerator="cpu")
+    empty = clone(fabric)
+    model = make_model()
+    wrapped = empty.setup_module(model)
+    twin_fabric, twin_model, twin_wrapped = clone((empty, model, wrapped))
+    for module in (twin_model, twin_wrapped):
+        with pytest.raises(ValueError, match="already set up"):
+            twin_fabric.setup_module(module)
+    twin_fabric.setup_module(make_model())
+
+
+def test_set_up_modules_do_not_keep_a_dropped_module_alive() -> None:
+    fabric = Fabric(accelerator="cpu")
+    model = make_model()
+    fabric.setup_module(model)
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None

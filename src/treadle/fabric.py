@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import weakref
 from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -27,7 +26,14 @@ from treadle.precision import Precision, PrecisionInput
 from treadle.settings import build_runtime
 from treadle.strategies import ReduceOp, Strategy, parse_reduce_op
 from treadle.tree import map_tensors, move_to_device, numbers_to_tensors
-from treadle.wrappers import FabricDataLoader, FabricModule, FabricOptimizer, check_unwrapped, unwrap
+from treadle.wrappers import (
+    FabricDataLoader,
+    FabricModule,
+    FabricOptimizer,
+    SetupModules,
+    check_unwrapped,
+    unwrap,
+)
 
 T = TypeVar("T")
 StateFilter = Mapping[str, Callable[[str, Any], bool]]
@@ -103,7 +109,7 @@ class Fabric:
         self._environment_ready = False
         # None until a module is set up; then whether `backward` may call tensor.backward() itself.
         self._direct_backward: bool | None = None
-        self._setup_modules: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+        self._setup_modules = SetupModules()
 
     # --- who and where ------------------------------------------------------------------------------------
     @property
@@ -254,10 +260,8 @@ class Fabric:
             raise TypeError(
                 f"Fabric.launch(function={function!r}) must be callable as function(fabric, *args), or omitted."
             )
-        if self._environment_ready:
-            if function is None:
-                return None
-            return function(self, *args, **kwargs)
+        if self._environment_ready:  # already launched (torchrun, or an earlier call): just run
+            return None if function is None else function(self, *args, **kwargs)
         if function is None:
             self._strategy.launch(None)
             self._prepare_environment()
@@ -274,17 +278,6 @@ class Fabric:
         self._strategy.setup_environment()
         self._callbacks.set_global_rank(self._strategy.global_rank)
         self._environment_ready = True
-
-    def __getstate__(self) -> dict[str, Any]:
-        # strategy="ddp_spawn" sends this object to each new process; a WeakSet does not pickle.
-        state = self.__dict__.copy()
-        state["_setup_modules"] = list(self._setup_modules)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        modules = state.pop("_setup_modules")
-        self.__dict__.update(state)
-        self._setup_modules = weakref.WeakSet(modules)
 
     def _require_environment(self, method: str) -> None:
         if self._environment_ready:
@@ -330,15 +323,14 @@ class Fabric:
 
         Fires the hook ``on_after_setup(fabric, module)``.
         """
-        self._check_setup_module(module)
+        self._setup_modules.check(module)
         self._require_environment("setup_module")
         module = self._precision.convert_module(module)
         if move_to_device:
             self._strategy.module_to_device(module)
         forward_module = self._strategy.setup_module(module)
         wrapped = FabricModule(forward_module, module, self._precision)
-        self._setup_modules.add(module)
-        self._setup_modules.add(wrapped)
+        self._setup_modules.add(module, wrapped)
         self._direct_backward = self._strategy.passes_through
         self._callbacks.call("on_after_setup", module=wrapped, **self._hook_arguments)
         return wrapped
@@ -382,15 +374,6 @@ class Fabric:
             loader = prepare_dataloader(loader, sampler_kwargs, global_rank=self.global_rank)
             wrapped.append(FabricDataLoader(loader, device))
         return wrapped[0] if len(wrapped) == 1 else wrapped
-
-    def _check_setup_module(self, module: nn.Module) -> None:
-        if isinstance(module, FabricModule) or module in self._setup_modules:
-            raise ValueError(
-                "This module is already set up. Set up each module once, and keep using the object setup "
-                "returned."
-            )
-        if not isinstance(module, nn.Module):
-            raise TypeError(f"Fabric.setup() takes a torch.nn.Module, not {type(module).__name__}.")
 
     # --- the training step --------------------------------------------------------------------------------
     def backward(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import operator
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -333,6 +334,36 @@ class FabricDataLoader:
 
     def __repr__(self) -> str:
         return f"FabricDataLoader({self._dataloader!r}, device={self._device})"
+
+
+class SetupModules:
+    """The modules one Fabric has set up (each user module and its wrapper), so that setting one up twice
+    is refused. Held weakly, so a module the user drops is not kept alive; pickles as a plain list (for
+    ``strategy="ddp_spawn"``)."""
+
+    def __init__(self) -> None:
+        self._modules: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+
+    def check(self, module: object) -> None:
+        """Raise if ``module``, given to ``Fabric.setup``, is already set up or not a module."""
+        if isinstance(module, FabricModule) or module in self._modules:
+            raise ValueError(
+                "This module is already set up. Set up each module once, and keep using the object setup "
+                "returned."
+            )
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"Fabric.setup() takes a torch.nn.Module, not {type(module).__name__}.")
+
+    def add(self, *modules: nn.Module) -> None:
+        """Remember ``modules`` as set up."""
+        for module in modules:
+            self._modules.add(module)
+
+    def __getstate__(self) -> list[nn.Module]:
+        return list(self._modules)  # a WeakSet does not pickle
+
+    def __setstate__(self, modules: list[nn.Module]) -> None:
+        self._modules = weakref.WeakSet(modules)
 
 
 def unwrap(obj: Any) -> Any:

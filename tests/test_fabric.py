@@ -288,6 +288,11 @@ def test_log_converts_tensors_and_rejects_vectors() -> None:
     assert isinstance(logger.rows[0][0]["loss"], float)
     with pytest.raises(ValueError, match=r"shape \(2,\).*mean\(\)"):
         fabric.log("v", torch.ones(2))
+    for text in ("0.5", "nan", b"1"):  # text that reads as a number is still text
+        with pytest.raises(TypeError, match="not a number"):
+            fabric.log("t", text)
+    fabric.log("flag", True, step=5)
+    assert logger.rows[-1] == ({"flag": 1.0}, 5)
     assert fabric.logger is logger
     with pytest.raises(AttributeError, match="no logger"):
         _ = Fabric(accelerator="cpu").logger

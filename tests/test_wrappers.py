@@ -7,6 +7,7 @@ import gc
 import pickle
 import weakref
 from typing import Any
+from unittest import mock
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from torch import nn
 from treadle import Fabric
 from treadle.precision import Precision
 from treadle.strategies.base import Strategy
+from treadle.wrappers import FabricOptimizer
 
 
 def make_model() -> nn.Module:
@@ -169,6 +171,11 @@ def test_optimizer_zero_grad_and_its_copies() -> None:
     assert calls == [True] and optimizer.optimizer.zero_grad is optimizer.zero_grad
     del optimizer.optimizer.zero_grad
     assert optimizer.zero_grad == inner_zero_grad
+    with mock.patch.object(optimizer, "zero_grad") as patched:  # lands on the wrapped optimizer, and leaves
+        optimizer.zero_grad()
+    patched.assert_called_once_with()
+    assert optimizer.zero_grad == inner_zero_grad
+    assert "zero_grad" in (FabricOptimizer.zero_grad.__doc__ or "")
     for twin in (copy.deepcopy(optimizer), pickle.loads(pickle.dumps(optimizer))):
         assert twin.optimizer is not optimizer.optimizer
         assert twin.param_groups[0]["lr"] == 0.1
@@ -197,21 +204,38 @@ class CountSteps:
         self.steps += 1
 
 
-def test_a_copied_optimizer_fires_the_copied_callbacks() -> None:
+@pytest.mark.parametrize(
+    "clone",
+    [
+        lambda objs: copy.deepcopy(objs),
+        lambda objs: copy.deepcopy(objs[::-1])[::-1],  # the copy reaches the optimizer's table first
+        lambda objs: pickle.loads(pickle.dumps(objs)),
+        lambda objs: pickle.loads(pickle.dumps(objs[::-1]))[::-1],
+    ],
+)
+def test_a_copied_optimizer_fires_the_copied_callbacks(clone: Any) -> None:
     counter = CountSteps()
     fabric = Fabric(accelerator="cpu", callbacks=[counter])
     model = make_model()
     model, optimizer = fabric.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
     optimizer.step()
-    fabric_copy, optimizer_copy = copy.deepcopy((fabric, optimizer))
+    fabric_copy, optimizer_copy = clone((fabric, optimizer))
     optimizer_copy.step()
     assert counter.steps == 1
     assert fabric_copy.callbacks[0].steps == 2
-    assert optimizer_copy._plans is fabric_copy._callbacks.plans
+    assert optimizer_copy._plans is fabric_copy._callbacks.plans  # one table: plans built once, shared
+    assert "on_after_optimizer_step" in fabric_copy._callbacks.plans
 
 
-@pytest.mark.parametrize("clone", [copy.deepcopy, copy.copy, lambda obj: pickle.loads(pickle.dumps(obj))])
-def test_set_up_modules_are_remembered_across_copies_and_held_weakly(clone: Any) -> None:
+@pytest.mark.parametrize(
+    "clone",
+    [
+        copy.deepcopy,
+        lambda obj: pickle.loads(pickle.dumps(obj)),
+        lambda obj: pickle.loads(pickle.dumps(obj, 1)),
+    ],
+)
+def test_set_up_modules_are_remembered_across_copies(clone: Any) -> None:
     fabric = Fabric(accelerator="cpu")
     empty = clone(fabric)
     model = make_model()

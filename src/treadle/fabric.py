@@ -57,6 +57,7 @@ class Fabric:
 
     Raises:
         ValueError: an argument is not a valid choice; the message lists the valid ones.
+        TypeError: an argument has the wrong type (e.g. ``hooks`` is not a list of names).
 
     Example::
 

@@ -1,8 +1,9 @@
 """What ``Fabric.setup*`` returns: modules, optimizers and dataloaders that behave like the originals.
 
 A wrapped module runs its forward in the precision's context; a wrapped optimizer fires the step hooks and
-steps through the grad scaler where there is one; a wrapped dataloader delivers batches on the device. Everything else is forwarded to
-the original object, so user code that reads attributes, state dicts or ``isinstance`` keeps working.
+steps through the grad scaler where there is one; a wrapped dataloader delivers batches on the device.
+Everything else is forwarded to the original object, so user code that reads attributes, state dicts or
+``isinstance`` keeps working.
 """
 
 from __future__ import annotations
@@ -252,6 +253,8 @@ class FabricOptimizer(torch.optim.Optimizer):
     zero_grad = property(
         operator.attrgetter("_optimizer.zero_grad"),
         lambda self, value: setattr(self.optimizer, "zero_grad", value),
+        lambda self: delattr(self.optimizer, "zero_grad"),
+        doc="The wrapped optimizer's ``zero_grad(set_to_none=True)``: clear the gradients of its parameters.",
     )
 
     def state_dict(self) -> dict[str, Any]:
@@ -359,11 +362,11 @@ class SetupModules:
         for module in modules:
             self._modules.add(module)
 
-    def __getstate__(self) -> list[nn.Module]:
-        return list(self._modules)  # a WeakSet does not pickle
+    def __getstate__(self) -> dict[str, list[nn.Module]]:
+        return {"modules": list(self._modules)}  # a WeakSet does not pickle
 
-    def __setstate__(self, modules: list[nn.Module]) -> None:
-        self._modules = weakref.WeakSet(modules)
+    def __setstate__(self, state: dict[str, list[nn.Module]]) -> None:
+        self._modules = weakref.WeakSet(state["modules"])
 
 
 def unwrap(obj: Any) -> Any:

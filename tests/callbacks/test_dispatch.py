@@ -1035,7 +1035,11 @@ def test_copies_of_a_table_holder_share_the_copied_dispatchers_table(clone: Any)
     assert "on_x" in copied.dispatcher.plans and "on_x" not in dispatcher.plans
 
 
-def test_a_shallow_copy_gets_its_own_plan_table() -> None:
+def test_a_shallow_copy_gets_its_own_plan_table_rank_and_wrapper() -> None:
     dispatcher = used_dispatcher()
     clone = copy.copy(dispatcher)
     assert clone.plans is not dispatcher.plans and clone.plans.dispatcher is clone
+    clone.set_global_rank(1)
+    clone.wrap_methods(tag_wrapper)
+    assert dispatcher.call("on_x", 1) == [2, 5, 3]
+    assert clone.call("on_x", 1) == [("tagged", 2), ("tagged", 3)]

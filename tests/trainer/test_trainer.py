@@ -108,8 +108,9 @@ def test_logged_values_reach_loggers_and_callback_metrics() -> None:
     assert logger.statuses == ["success"]
     with pytest.raises(ValueError, match=r"Trainer.log\('bad', ...\) got a tensor of shape \(3,\)"):
         fitted.log("bad", torch.ones(3))
-    with pytest.raises(TypeError, match=r"Trainer.log\('bad', ...\) got 'text'"):
-        fitted.log("bad", "text")
+    for text in ("text", "0.5"):
+        with pytest.raises(TypeError, match=r"Trainer.log\('bad', ...\) got '"):
+            fitted.log("bad", text)
 
 
 def test_validation_metrics_are_weighted_by_batch_size() -> None:

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import collections.abc
+import copy
 import functools
 import types
 from typing import Any, TypeGuard
@@ -93,8 +94,9 @@ class CallbackDispatcher:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        if self._by_hook.dispatcher is not self:  # a shallow copy: the table is still the original's
+        if self._by_hook.dispatcher is not self:  # a shallow copy, still holding the original's table
             self._by_hook = PlanTable(self)
+            self._planner = copy.copy(self._planner)  # and its own rank and method wrapper from now on
 
     @property
     def plans(self) -> PlanTable:
@@ -236,8 +238,8 @@ class CallbackDispatcher:
     def call_with(self, hook_name: str, kwargs: dict[str, Any], /) -> list[Any]:
         """`call` with keyword arguments only, given as a dict that is neither copied nor changed.
 
-        The runtime fires its own hooks this way: a dict it built once can serve several hooks, and a call
-        skips packing ``**kwargs``. Everything else (filtering, errors, staleness checks) is as in `call`.
+        A dict built once can serve several hooks, and a call skips packing ``**kwargs`` (the runtime goes one
+        step further with `plans`). Everything else (filtering, errors, staleness checks) is as in `call`.
 
         Example:
             >>> class Printer:
@@ -329,9 +331,19 @@ class PlanTable(dict[str, Plan]):
         return functools.partial(self.dispatcher._call_shaped, hook)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # Copied empty: compiled plans do not pickle, and the copied dispatcher rebuilds them. Pickle keeps
-        # one copy per table, so the wrappers holding it and the copied dispatcher still share it.
-        return PlanTable, (self.dispatcher,)
+        # Copied empty (compiled plans do not pickle; the copied dispatcher rebuilds them), and as the copied
+        # dispatcher's own table, whichever of the two a copy reaches first: so the wrappers holding it and
+        # the dispatcher still share one.
+        return _table_of, (self.dispatcher,)
+
+
+def _table_of(dispatcher: CallbackDispatcher) -> PlanTable:
+    # While unpickling, `dispatcher` may not have its state yet: only its __dict__ is touched here, and the
+    # table made for it is the one its state brings back.
+    table = dispatcher.__dict__.get("_by_hook")
+    if not isinstance(table, PlanTable) or table.dispatcher is not dispatcher:
+        table = dispatcher.__dict__["_by_hook"] = PlanTable(dispatcher)
+    return table
 
 
 def _checked_rank(rank: object) -> int:

@@ -128,7 +128,7 @@ class EarlyStopping(Callback):
     ) -> None:
         # An epoch that training left early (max_steps, a stop request, SIGTERM) has only partial metrics,
         # and counting it would spend patience on a check that compares unlike values.
-        if self.check_on_train_epoch_end and (trainer is None or trainer.epoch_finished):
+        if self.check_on_train_epoch_end and getattr(trainer, "epoch_finished", True):
             self._check(metrics, trainer, fabric)
 
     # --- the decision ------------------------------------------------------------------------------------

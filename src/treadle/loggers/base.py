@@ -309,10 +309,13 @@ def check_step(step: object, where: str) -> int | None:
 
 
 def to_number(name: str, value: object, where: str) -> int | float:
-    """``value`` as an int (kept exact) or a float; 0-d tensors and numpy scalars go through float()."""
+    """``value`` as an int (kept exact) or a float; 0-d tensors and numpy scalars go through float(), and a
+    bool is 1.0 or 0.0. Text is refused even when it reads as a number: it is almost always a mistake."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     try:
+        if isinstance(value, (str, bytes, bytearray)):
+            raise TypeError
         return float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError, RuntimeError):
         raise TypeError(

@@ -9,6 +9,7 @@ import torch
 
 from tests.trainer.models import Classifier, loader, trainer
 from treadle.callbacks import KNOWN_HOOKS, TRAINER_HOOKS
+from treadle.callbacks.early_stopping import EarlyStopping
 
 
 def _recorder(log: list[tuple[str, str, dict[str, Any]]], label: str) -> Any:
@@ -164,3 +165,50 @@ def test_docs_say_validate_fires_on_after_setup_first() -> None:
         line for line in text.splitlines() if line.startswith("`trainer.validate(model, loader)` fires")
     )
     assert "row 1 (`on_after_setup`)" in sentence and "rows 15-20" in sentence
+
+
+class Ordered:
+    def __init__(self, log: list[str], label: str, order: int) -> None:
+        self.log = log
+        self.label = label
+        self.trainer_order = order  # an instance attribute is ignored: the class decides
+
+    def on_train_epoch_end(self) -> None:
+        self.log.append(self.label)
+
+
+def ordered_class(order: int) -> type:
+    return type(f"Order{order}", (Ordered,), {"trainer_order": order})
+
+
+class EpochEndModel(Classifier):
+    def __init__(self, log: list[str]) -> None:
+        super().__init__()
+        self.epoch_log = log
+
+    def on_train_epoch_end(self, trainer: Any) -> None:
+        self.epoch_log.append("model")
+        trainer.log("epoch_score", float(trainer.current_epoch))
+
+
+def test_late_callbacks_run_after_the_model_in_order_whatever_their_place() -> None:
+    log: list[str] = []
+    callbacks = [
+        ordered_class(2)(log, "saves", 0),
+        ordered_class(1)(log, "judges", 0),
+        Ordered(log, "plain", 2),
+        ordered_class(1)(log, "judges too", 0),
+    ]
+    fitted = trainer(max_epochs=1, callbacks=callbacks)
+    fitted.fit(EpochEndModel(log), loader())
+    assert log == ["plain", "model", "judges", "judges too", "saves"]
+    assert list(fitted.fabric.callbacks[-3:]) == [callbacks[1], callbacks[3], callbacks[0]]
+
+
+def test_early_stopping_sees_a_metric_the_model_logs_at_epoch_end() -> None:
+    early_stopping = EarlyStopping("epoch_score", mode="min", patience=1, check_on_train_epoch_end=True)
+    log: list[str] = []
+    fitted = trainer(max_epochs=5, callbacks=[early_stopping])
+    fitted.fit(EpochEndModel(log), loader())  # the score rises every epoch: stop after the second check
+    assert early_stopping.should_stop and fitted.current_epoch == 2
+    assert log == ["model", "model"]

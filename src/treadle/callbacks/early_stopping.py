@@ -63,6 +63,10 @@ class EarlyStopping(Callback):
                 break
     """
 
+    # After the model's own hooks (a metric it logs at epoch end counts), before ModelCheckpoint (which
+    # then saves this callback's state after its check).
+    trainer_order = 1
+
     def __init__(
         self,
         monitor: str,

@@ -356,6 +356,10 @@ class Callback:
 
     Attributes:
         rank_zero_only: set to True in a subclass to run every hook of the callback on global rank 0 only.
+        trainer_order: where the Trainer runs this callback: 0 (default) in the order given, before the
+            model's own hook methods; 1 after the model (callbacks that judge what the model logged, such
+            as EarlyStopping); 2 after those (callbacks that save everyone's state, such as
+            ModelCheckpoint). A plain Fabric loop calls callbacks in the order given.
 
     Example:
         >>> class PrintLoss(Callback):
@@ -364,6 +368,7 @@ class Callback:
     """
 
     rank_zero_only: bool = False
+    trainer_order: int = 0
 
     @property
     def state_key(self) -> str:

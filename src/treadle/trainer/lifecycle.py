@@ -1,4 +1,10 @@
-"""How ``fit`` and ``validate`` begin and end: the model joins the callbacks, and every ending is reported."""
+"""How ``fit`` and ``validate`` begin and end: the model joins the callbacks, and every ending is reported.
+
+Where the model joins: after the user's callbacks, so its own hook methods see what they did, and before
+the callbacks that declare ``trainer_order`` 1 (those that judge the epoch, e.g. EarlyStopping) and 2
+(those that save everyone's state, e.g. ModelCheckpoint). So a metric the model logs in its own
+``on_train_epoch_end`` can be monitored, and a checkpoint holds every callback's state after its update.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +24,10 @@ __all__ = ["model_as_last_callback"]
 def model_as_last_callback(
     fabric: Fabric, model: nn.Module, call: Callable[..., Any], interrupted: Callable[[], bool]
 ) -> Iterator[None]:
-    """Register ``model`` as the last callback for the block, so its own hook methods run after the user's.
+    """Register ``model`` as a callback for the block: after the user's callbacks, before those that run late.
+
+    Callbacks with a class attribute ``trainer_order`` of 1 or 2 are moved behind the model (in that order,
+    keeping their given order otherwise) for the block, and stay after the others when it ends.
 
     On any exception, KeyboardInterrupt included, ``call("on_exception", exception=...)`` reaches every
     callback (and the model) before the exception propagates unchanged. In every case the loggers are
@@ -30,7 +39,14 @@ def model_as_last_callback(
         with model_as_last_callback(fabric, model, call, interrupted=lambda: False):
             run_the_loop()
     """
+    late = sorted(
+        (callback for callback in fabric.callbacks if _order(callback) > 0), key=_order
+    )  # sorted() is stable: callbacks of one order keep the order they were given in
+    for callback in late:
+        fabric.remove_callback(callback)
     fabric.add_callback(model)
+    for callback in late:
+        fabric.add_callback(callback)
     status = "success"
     try:
         yield
@@ -48,3 +64,8 @@ def model_as_last_callback(
         if fabric.is_global_zero:
             for logger in fabric.loggers:
                 logger.finalize(status)
+
+
+def _order(callback: object) -> int:
+    order = getattr(type(callback), "trainer_order", 0)
+    return order if isinstance(order, int) and not isinstance(order, bool) else 0

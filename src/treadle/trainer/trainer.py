@@ -1,8 +1,9 @@
 """The Trainer: a fit loop written with nothing but Fabric's public API and callbacks.
 
 Every hook goes through ``fabric.call`` (one dispatch path) with ``trainer=`` and ``fabric=`` added; the
-model's own hook methods run after the user's callbacks because the model is registered as the last
-callback while ``fit``/``validate`` run. The order in which hooks fire is the table in ``docs/trainer.md``.
+model's own hook methods run after the user's callbacks and before the late ones (``trainer_order``: 1 for
+EarlyStopping, 2 for ModelCheckpoint), because the model joins the callbacks there while ``fit``/``validate``
+run (``lifecycle``). The order in which hooks fire is the table in ``docs/trainer.md``.
 
 Reading guide: ``_fit`` sets up and restores, ``_run_epoch`` is one epoch, ``_train_batches`` walks its
 batches (skipping those a resumed run already trained on), ``_train_batch`` is one batch, and

@@ -77,3 +77,32 @@ def test_unknown_arguments_are_rejected(capsys: pytest.CaptureFixture[str]) -> N
     with pytest.raises(SystemExit):
         main(["plot", "x", "--bogus"])
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("epochs", ["0", "-1", "two"])
+def test_demo_max_epochs_must_be_a_positive_number(epochs: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # Rejected by the parser, before any training starts (0 used to end in a traceback from run_demo).
+    with pytest.raises(SystemExit) as exited:
+        main(["demo", "--max-epochs", epochs])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--max-epochs: {epochs!r} must be a whole number of at least 1" in err
+    assert "Traceback" not in err
+
+
+def test_unknown_arguments_without_a_command_are_rejected(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--bogus"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == "treadle: error: unrecognized arguments: --bogus\n"
+
+
+def test_plot_help_says_where_the_curves_go_for_an_experiment_folder() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "treadle", "plot", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    assert "LOG_DIR/version_N/curves.png for an experiment folder" in " ".join(out.split())

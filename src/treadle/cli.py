@@ -14,8 +14,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The parser of the ``treadle`` command, with its ``run``, ``demo`` and ``plot`` subcommands.
 
     Returns:
-        A parser whose ``parse_known_args`` gives ``command`` (the subcommand, or None) and its options;
-        the arguments it does not know are the script's, for ``run``.
+        A parser whose ``parse_known_args`` gives ``command`` (the subcommand, or None) and its options.
+        Arguments it does not know are mistakes: ``run`` captures everything from the script on itself.
 
     Example::
 
@@ -36,26 +36,55 @@ def build_parser() -> argparse.ArgumentParser:
         "--root", default="demo_runs", help="folder for logs, checkpoints and curves (default: demo_runs)"
     )
     demo.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --root")
-    demo.add_argument("--max-epochs", type=int, default=None, help="override the number of epochs")
+    demo.add_argument(
+        "--max-epochs", type=_positive_int, default=None, help="override the number of epochs (at least 1)"
+    )
     demo.add_argument("--no-progress-bar", action="store_true", help="plain lines instead of a progress bar")
 
     plot = commands.add_parser("plot", help="draw the curves of a CSV log to a PNG")
-    plot.add_argument("log_dir", help="a version folder holding metrics.csv, or its parent")
-    plot.add_argument("-o", "--output", default=None, help="PNG to write (default: LOG_DIR/curves.png)")
+    plot.add_argument(
+        "log_dir",
+        help="a version folder holding metrics.csv, or its parent (then its highest version_N with one)",
+    )
+    plot.add_argument(
+        "-o",
+        "--output",
+        default=None,
+        help=(
+            "image to write: .png, .svg or .pdf (default: curves.png next to the metrics.csv used, so "
+            "LOG_DIR/version_N/curves.png for an experiment folder)"
+        ),
+    )
     plot.add_argument("-m", "--metric", action="append", default=None, help="only this metric (repeatable)")
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number of at least 1, e.g. 5")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``treadle`` console script and ``python -m treadle``."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    if extra:
+        hint = ""
+        if args.command == "run":
+            from treadle.launch_cli import unknown_options_hint
+
+            hint = unknown_options_hint(extra)
+        prog = f"treadle {args.command}" if args.command else "treadle"
+        parser.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(extra)}{hint}\n")
     if args.command == "run":
         from treadle.launch_cli import run_command
 
-        return int(run_command(args, extra))
-    if extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        return int(run_command(args))
     if args.command == "demo":
         from treadle.demo import run_demo
 

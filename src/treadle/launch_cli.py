@@ -16,6 +16,13 @@ from collections.abc import Sequence
 
 from treadle.strategies.environment import LaunchSettings, settings_environment
 
+# torchrun's spelling of the options that treadle run names after Fabric's arguments.
+_TORCHRUN_OPTIONS = {
+    "--nproc-per-node": "--devices",
+    "--nnodes": "--num-nodes",
+    "--master-addr": "--main-address",
+    "--master-port": "--main-port",
+}
 # torchrun's own default port for jobs spanning several machines, which must agree on it in advance.
 _MULTI_NODE_PORT = 29500
 
@@ -72,17 +79,25 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"port on the main address (default: a free port on one machine, {_MULTI_NODE_PORT} on several)",
     )
-    parser.add_argument("--precision", choices=sorted(PRECISIONS), default=None, help="numeric precision")
+    parser.add_argument(
+        "--precision",
+        type=_precision_name,
+        default=None,
+        help=(
+            f"numeric precision, as for Fabric(precision=...): {', '.join(PRECISIONS)}, or a short form "
+            "such as bf16 or 16"
+        ),
+    )
     parser.add_argument("script", help="the training script to run")
     parser.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments passed on to the script")
 
 
-def run_command(args: argparse.Namespace, extra_argv: Sequence[str]) -> int:
+def run_command(args: argparse.Namespace) -> int:
     """Run ``torch.distributed.run`` for the parsed ``treadle run`` options; return its exit code.
 
     Args:
-        args: the namespace from a parser set up with :func:`add_run_arguments`.
-        extra_argv: arguments the parser did not recognise; they are passed on to the script.
+        args: the namespace from a parser set up with :func:`add_run_arguments`; ``script_args`` are passed
+            on to the script.
 
     Returns:
         The launcher's exit code: 0 when every process succeeded, non-zero if any failed (torchrun then
@@ -120,7 +135,6 @@ def run_command(args: argparse.Namespace, extra_argv: Sequence[str]) -> int:
         f"--master-port={port}",
         args.script,
         *args.script_args,
-        *extra_argv,
     ]
     settings = LaunchSettings(
         accelerator=args.accelerator,
@@ -142,6 +156,56 @@ def run_command(args: argparse.Namespace, extra_argv: Sequence[str]) -> int:
             launcher.send_signal(signal.SIGKILL)
             launcher.wait()
             return 130
+
+
+def unknown_options_hint(extra: Sequence[str]) -> str:
+    """Text to append to ``unrecognized arguments: ...`` for options ``treadle run`` does not know.
+
+    Everything from the script on is the script's, so an unknown argument is always one placed before the
+    script: a typo, or a torchrun option that ``treadle run`` names after Fabric's argument instead. The
+    hint names the option meant where one is close, else says where the options go.
+
+    Example::
+
+        unknown_options_hint(["--nproc-per-node"])  # ". Did you mean: --nproc-per-node -> --devices? ..."
+    """
+    import difflib
+
+    parser = argparse.ArgumentParser()
+    add_run_arguments(parser)
+    known = [option for action in parser._actions for option in action.option_strings]
+    hints = []
+    for argument in extra:
+        if not argument.startswith("-"):
+            continue
+        option = argument.split("=", 1)[0]
+        replacement = _TORCHRUN_OPTIONS.get(option.replace("_", "-"))
+        if replacement is None:
+            close = difflib.get_close_matches(option, known, n=1)
+            replacement = close[0] if close else None
+        if replacement is not None:
+            hints.append(f"{option} -> {replacement}")
+    if not hints:
+        return (
+            ". treadle run's own options go before the script and everything after it is the script's; "
+            "see treadle run --help"
+        )
+    return f". Did you mean: {', '.join(hints)}? (see treadle run --help)"
+
+
+def _precision_name(text: str) -> str:
+    # Fabric's own parser, so the command line accepts the aliases the code does ("bf16", "16"); the
+    # canonical name is what reaches Fabric, so it compares equal to the same precision written in the code.
+    from treadle.precision import parse_precision
+
+    try:
+        return parse_precision(text, "cpu").name
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(
+            str(error)
+            .replace(f"Fabric(precision={text!r})", repr(text))
+            .replace(", or pass a Precision instance", "")
+        ) from None
 
 
 def _validate(args: argparse.Namespace) -> str | None:

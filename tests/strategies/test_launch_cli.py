@@ -1,4 +1,4 @@
-"""`treadle run` reads --accelerator and --devices with Fabric's own parsers (no processes are started)."""
+"""`treadle run` reads its options with Fabric's own parsers and rejects unknown ones (no processes are started)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from treadle.accelerators import ACCELERATOR_CHOICES, CUDAAccelerator
+from treadle.cli import main
 from treadle.launch_cli import add_run_arguments, run_command
 
 Started = list[tuple[list[str], dict[str, str]]]
@@ -45,8 +46,7 @@ def treadle_run(tmp_path: Path, *options: str) -> int:
     script.write_text("")
     parser = argparse.ArgumentParser(prog="treadle run")
     add_run_arguments(parser)
-    args, extra = parser.parse_known_args([*options, str(script)])
-    return run_command(args, extra)
+    return run_command(parser.parse_args([*options, str(script)]))
 
 
 def nproc(command: list[str]) -> str:
@@ -114,4 +114,62 @@ def test_a_missing_accelerator_is_a_clear_error(
     assert treadle_run(tmp_path, "--accelerator", "cuda", "--devices", "1") == 2
     err = capsys.readouterr().err
     assert err.startswith("treadle run: error: --accelerator cuda: ") and "not available" in err
+    assert launched == []
+
+
+@pytest.mark.parametrize(
+    ("options", "hint"),
+    [
+        (["--devce=2"], "--devce -> --devices"),
+        (["--nproc-per-node", "2"], "--nproc-per-node -> --devices"),
+        (["--master_port=29400"], "--master_port -> --main-port"),
+        (["--fp16"], "go before the script"),
+    ],
+)
+def test_unknown_options_before_the_script_are_rejected(
+    tmp_path: Path, launched: Started, capsys: pytest.CaptureFixture[str], options: list[str], hint: str
+) -> None:
+    # Before, they were silently handed to the script, or their value was taken for the script's name.
+    script = tmp_path / "train.py"
+    script.write_text("")
+    with pytest.raises(SystemExit) as exited:
+        main(["run", *options, str(script), "--lr", "1"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"treadle run: error: unrecognized arguments: {options[0]}")
+    assert hint in err
+    assert launched == []
+
+
+def test_everything_after_the_script_is_the_scripts(tmp_path: Path, launched: Started) -> None:
+    script = tmp_path / "train.py"
+    script.write_text("")
+    after = ["--lr", "1", "--devices", "3", "--unknown", "-x", "pos"]
+    assert main(["run", "--accelerator", "cpu", str(script), *after]) == 0
+    ((command, _),) = launched
+    assert command[command.index(str(script)) :] == [str(script), *after]
+    assert nproc(command) == "1"
+
+
+@pytest.mark.parametrize(
+    ("given", "canonical"),
+    [("bf16", "bf16-mixed"), ("16", "16-mixed"), ("64", "64-true"), ("16-true", "16-true")],
+)
+def test_precision_accepts_what_fabric_accepts(
+    tmp_path: Path, launched: Started, given: str, canonical: str
+) -> None:
+    assert treadle_run(tmp_path, "--accelerator", "cpu", "--precision", given) == 0
+    ((_, env),) = launched
+    assert env["TREADLE_PRECISION"] == canonical
+
+
+def test_an_unknown_precision_lists_the_choices(
+    tmp_path: Path, launched: Started, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        treadle_run(tmp_path, "--precision", "fp16")
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --precision: 'fp16' is not a precision. Choose one of: " in err
+    assert "'bf16-mixed'" in err and "'bf16'" in err
     assert launched == []

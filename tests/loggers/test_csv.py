@@ -53,10 +53,25 @@ def test_next_version_is_one_above_the_highest_and_ignores_other_names(tmp_path:
 def test_constructing_and_reading_log_dir_create_nothing(tmp_path: Path) -> None:
     logger = CSVLogger(tmp_path / "root")
     assert logger.log_dir == os.fspath(tmp_path / "root" / "treadle_logs" / "version_0")
-    logger.log_metrics({"loss": 1.0}, step=0)  # buffered only
     assert not (tmp_path / "root").exists()
+    logger.log_metrics({"loss": 1.0}, step=0)  # the row is buffered; the folder claims the version
+    assert Path(logger.log_dir).is_dir()
+    assert not metrics_file(logger).exists()
     logger.save()
     assert metrics_file(logger).is_file()
+
+
+def test_loggers_made_one_after_another_in_a_process_get_their_own_versions(tmp_path: Path) -> None:
+    # A sweep in one script: neither logger has written a row when the next one picks its version.
+    first = CSVLogger(tmp_path)
+    first.log_metrics({"loss": 1.0}, step=0)
+    second = CSVLogger(tmp_path)
+    second.log_metrics({"loss": 2.0}, step=0)
+    assert (first.version, second.version) == (0, 1)
+    first.finalize("success")
+    second.finalize("success")
+    assert read_csv_metrics(metrics_file(first)) == {"loss": [(0, 1.0)]}
+    assert read_csv_metrics(metrics_file(second)) == {"loss": [(0, 2.0)]}
 
 
 def test_version_is_fixed_at_first_use(tmp_path: Path) -> None:
@@ -223,6 +238,34 @@ def test_a_pickled_logger_starts_empty_and_rows_are_written_once(tmp_path: Path)
     del clone, logger
     gc.collect()
     assert path.read_text() == "step,acc,loss\n0,,1.0\n1,,0.5\n2,0.5,\n"
+
+
+def test_rows_follow_a_header_that_a_pickled_copy_widened(tmp_path: Path) -> None:
+    # Fabric(strategy="ddp_spawn"): the child's copy writes to the same file as the parent.
+    parent = CSVLogger(tmp_path, flush_logs_every_n_steps=1)
+    parent.log_metrics({"loss": 1.0}, step=0)
+    child = pickle.loads(pickle.dumps(parent))
+    child.log_metrics({"acc": 0.5, "loss": 0.9}, step=1)  # a new column: the header is rewritten
+    child.finalize("success")
+    parent.log_metrics({"loss": 0.8}, step=2)
+    parent.finalize("success")
+    assert metrics_file(parent).read_text() == "step,acc,loss\n0,,1.0\n1,0.5,0.9\n2,,0.8\n"
+
+
+def test_a_merge_after_another_writer_appended_adds_a_row_instead_of_cutting_the_file(tmp_path: Path) -> None:
+    first = CSVLogger(tmp_path, version=0, flush_logs_every_n_steps=1)
+    second = CSVLogger(tmp_path, version=0, flush_logs_every_n_steps=1)
+    first.log_metrics({"loss": 1.0}, step=0)
+    second.log_metrics({"acc": 0.5}, step=1)
+    second.log_metrics({"loss": 0.75}, step=1)  # merged into second's own last row, in place
+    first.log_metrics({"lr": 0.1}, step=0)  # first's last row is no longer the file's last line
+    first.log_metrics({"acc": 0.25}, step=0)  # merged into the row just written, in place
+    assert metrics_file(first).read_text().splitlines() == [
+        "step,acc,loss,lr",
+        "0,,1.0,",
+        "1,0.5,0.75,",
+        "0,0.25,,0.1",
+    ]
 
 
 def test_finalize_is_idempotent_and_logging_can_continue(tmp_path: Path) -> None:

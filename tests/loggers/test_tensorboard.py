@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -101,6 +102,29 @@ def test_save_and_finalize_are_safe_before_and_after_use(tmp_path: Path) -> None
     logger.log_metrics({"loss": 0.5}, step=1)  # reopens a new event file in the same folder
     logger.finalize("success")
     assert [(e.step, e.value) for e in load(logger.log_dir).Scalars("loss")] == [(0, 1.0), (1, 0.5)]
+
+
+def test_a_logger_that_has_written_can_be_pickled_and_the_copy_writes_into_its_folder(tmp_path: Path) -> None:
+    # Fabric(strategy="ddp_spawn") pickles its loggers, often after log_hyperparams has opened the writer.
+    logger = TensorBoardLogger(tmp_path)
+    logger.log_hyperparams({"lr": 0.1})
+    logger.log_metrics({"loss": 1.0}, step=0)
+    clone = pickle.loads(pickle.dumps(logger))
+    assert clone.log_dir == logger.log_dir
+    clone.log_metrics({"loss": 0.5}, step=1)
+    clone.finalize("success")
+    logger.log_metrics({"loss": 0.25}, step=2)  # the original's writer is untouched
+    logger.finalize("success")
+    points = sorted((e.step, e.value) for e in load(logger.log_dir).Scalars("loss"))
+    assert points == [(0, 1.0), (1, 0.5), (2, 0.25)]
+
+
+def test_a_pickled_logger_keeps_the_version_of_the_original(tmp_path: Path) -> None:
+    logger = TensorBoardLogger(tmp_path)
+    clone = pickle.loads(pickle.dumps(logger))
+    (tmp_path / "treadle_logs" / "version_0").mkdir(parents=True)  # another run takes the next version
+    assert (logger.version, clone.version) == (0, 0)
+    assert list((tmp_path / "treadle_logs").iterdir()) == [tmp_path / "treadle_logs" / "version_0"]
 
 
 def test_writer_arguments_are_checked_in_the_constructor(tmp_path: Path) -> None:

@@ -23,6 +23,8 @@ __all__ = ["HPARAMS_FILE", "METRICS_FILE", "CSVLogger", "read_csv_metrics"]
 METRICS_FILE = "metrics.csv"
 HPARAMS_FILE = "hparams.json"
 _STEP = "step"
+# A file's inode, size and modification time: one of them changes when anyone writes or replaces it.
+_Signature = tuple[int, int, int]
 
 
 @dataclasses.dataclass
@@ -48,10 +50,14 @@ class CSVLogger(FolderLogger):
     rewritten with the wider header, earlier rows kept, and the new file replaces the old one atomically;
     otherwise rows are appended. If ``metrics.csv`` already exists when the logger first writes (an
     explicit ``version`` reused to resume a run), its rows are kept and new rows are added after them.
-    A pickled or copied logger starts with an empty buffer: the original writes the rows it buffered.
+    A pickled or copied logger starts with an empty buffer: the original writes the rows it buffered. When
+    another writer (such a copy, or a second logger given the same version) has changed the file since this
+    logger last wrote, the header is read again before appending, so every row lands under its column.
 
-    See :class:`~treadle.loggers.base.RunFolder` for how the version folder is chosen. The logger is
-    rank-agnostic: Fabric calls it only on global rank 0.
+    See :class:`~treadle.loggers.base.RunFolder` for how the version folder is chosen. The first
+    :meth:`log_metrics` call fixes the version and creates the folder, so that the next logger made on the
+    same ``root_dir`` counts past it even before a row is written. The logger is rank-agnostic: Fabric
+    calls it only on global rank 0, and a logger that never logs creates nothing.
 
     Args:
         root_dir: Folder that holds all experiments.
@@ -100,6 +106,7 @@ class CSVLogger(FolderLogger):
         self._calls_since_flush = 0
         self._hparams: dict[str, Any] = {}
         self._status: str | None = None
+        self._folder_made = False
         self._open_metrics_file()
 
     def _open_metrics_file(self) -> None:
@@ -146,9 +153,12 @@ class CSVLogger(FolderLogger):
             )
         if not values:
             return
-        # Fix the version at first use rather than at first write, so that this run's folder is chosen
-        # before the other loggers of the same run create theirs.
-        self._folder.resolve()
+        if not self._folder_made:
+            # Fix the version at first use rather than at first write, and claim it by creating the folder
+            # now: the next logger made in this process (a sweep) or on this root_dir then counts past it,
+            # instead of picking the same version before this one's first write creates the folder.
+            self._folder.resolve().mkdir(parents=True, exist_ok=True)
+            self._folder_made = True
         self._file.add(step, values)
         self._calls_since_flush += 1
         if self._calls_since_flush >= self._flush_every:
@@ -205,6 +215,10 @@ class _MetricsFile:
         self.tail: _Row | None = None
         self.tail_offset = 0
         self.replace_tail = False
+        # The file as this logger last left it. Another writer of the same file (a pickled copy in a
+        # ddp_spawn child, a second logger given the same version) may have widened the header or added
+        # rows since; then `columns` and `tail_offset` are stale and must be read again before writing.
+        self.signature: _Signature | None = None
         # A forked child (a DataLoader worker) inherits this buffer; only the process that made it may
         # write it on exit, or rows would be written twice.
         self.pid = os.getpid()
@@ -225,6 +239,8 @@ class _MetricsFile:
             return
         path = self.folder.path / METRICS_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
+        if self.columns is not None and _signature(path) != self.signature:
+            self._forget_file()
         if self.replace_tail:
             # The tail is the file's last line: cut it, then write its merged row like any other.
             with open(path, "rb+") as file:
@@ -242,8 +258,23 @@ class _MetricsFile:
             with open(path, "ab") as file:
                 file.write(_encode(self.pending, self.columns))
         self.tail = self.pending[-1]
-        self.tail_offset = path.stat().st_size - len(_encode([self.tail], self.columns))
+        stat = path.stat()
+        self.signature = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        self.tail_offset = stat.st_size - len(_encode([self.tail], self.columns))
         self.pending.clear()
+
+    def _forget_file(self) -> None:
+        """Someone else wrote the file: read its header again, and append rather than rewrite our tail."""
+        self.columns = None
+        if self.replace_tail:
+            # pending[0] is the tail plus new metrics (disjoint, see `add`); the tail's line may have moved
+            # or been rewritten, so write only the new metrics, as a row of their own with the same step.
+            written = self.tail.values if self.tail is not None else {}
+            merged = self.pending[0]
+            new = {key: value for key, value in merged.values.items() if key not in written}
+            self.pending[0] = _Row(merged.step, new)
+            self.replace_tail = False
+        self.tail = None
 
     def _rewrite(self, path: Path, old_columns: list[str] | None, columns: list[str]) -> None:
         header = [_STEP, *columns]
@@ -264,6 +295,14 @@ class _MetricsFile:
                             widened[target] = cell
                         writer.writerow(widened)
             writer.writerows(_cells(self.pending, columns))
+
+
+def _signature(path: Path) -> _Signature | None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
 def _write_left_over_rows(file: _MetricsFile) -> None:

@@ -32,6 +32,9 @@ class TensorBoardLogger(FolderLogger):
     TensorBoard needs an x value for every point, so a call to :meth:`log_metrics` without a step uses the
     number of earlier step-less calls (0, 1, 2, ...).
 
+    The logger can be pickled (``Fabric(strategy="ddp_spawn")`` does) at any time: the copy keeps the
+    original's version and opens its own event file in the same folder when it first writes.
+
     Args:
         root_dir: Folder that holds all experiments.
         name: Experiment name: a folder under ``root_dir``.
@@ -78,6 +81,15 @@ class TensorBoardLogger(FolderLogger):
         self._writer_kwargs = dict(summary_writer_kwargs)
         self._writer: SummaryWriter | None = None
         self._implicit_step = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Fabric(strategy="ddp_spawn") pickles its loggers, and an open SummaryWriter holds locks and a
+        # thread. Fix the version first so that the copy writes into this run's folder, not the next free
+        # one; the copy opens a writer of its own there (a separate event file) when it first writes.
+        self._folder.resolve()
+        state = self.__dict__.copy()
+        state["_writer"] = None
+        return state
 
     @property
     def experiment(self) -> SummaryWriter:

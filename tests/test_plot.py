@@ -68,6 +68,17 @@ def test_output_path_format_and_metric_selection(tmp_path: Path) -> None:
         plot_metrics(logger.log_dir, metrics=["train/loss", "val/loss"])
 
 
+@pytest.mark.parametrize("metrics", [[], ()])
+def test_an_empty_metric_list_is_a_clear_error(tmp_path: Path, metrics: list[str] | tuple[str, ...]) -> None:
+    # Used to fail deep inside matplotlib (a figure with no panels).
+    logger = write_run(tmp_path, steps=30)
+    with pytest.raises(
+        ValueError, match=r"metrics=(\[\]|\(\))\) names no metric to draw\. Leave metrics=None"
+    ):
+        plot_metrics(logger.log_dir, metrics=metrics)
+    assert not (Path(logger.log_dir) / "curves.png").exists()
+
+
 def test_no_csv_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(
         FileNotFoundError, match=r"No metrics.csv in .*version_<N>.*Pass the folder a CSVLogger wrote"

@@ -58,8 +58,8 @@ def plot_metrics(
 
     Raises:
         FileNotFoundError: No ``metrics.csv`` in ``log_dir`` or its ``version_<N>`` folders.
-        ValueError: ``metrics`` names a column the file does not have, the file holds no values, or
-            ``output`` has an unsupported suffix.
+        ValueError: ``metrics`` is empty or names a column the file does not have, the file holds no
+            values, or ``output`` has an unsupported suffix.
         ModuleNotFoundError: matplotlib is not installed; the message gives the ``pip install`` command.
 
     Example:
@@ -86,6 +86,11 @@ def plot_metrics(
     else:
         if isinstance(metrics, str):
             metrics = [metrics]
+        if not metrics:
+            raise ValueError(
+                f"plot_metrics(metrics={metrics!r}) names no metric to draw. Leave metrics=None to draw every "
+                f"column, or name some of: {', '.join(series) or '(none)'}."
+            )
         unknown = [name for name in metrics if name not in series]
         if unknown:
             raise ValueError(

@@ -214,3 +214,103 @@ def test_a_schedule_that_never_saves_is_an_error() -> None:
         ModelCheckpoint(every_n_steps=0, every_n_epochs=0)
     with pytest.raises(ValueError, match="would never save"):
         ModelCheckpoint(every_n_epochs=0)
+
+
+@pytest.mark.filterwarnings("ignore:ModelCheckpoint.*no longer exist:UserWarning")
+def test_resume_into_another_default_folder_leaves_the_earlier_run_alone(tmp_path: Path) -> None:
+    # Regression: with the default folder the state recorded dirpath=None, so a run resumed into another
+    # checkpoint_dir kept ranking the first run's files and deleted them, the resumed file included.
+    fit_tiny(callbacks=[ModelCheckpoint(save_top_k=2)], checkpoint_dir=tmp_path / "run1", max_epochs=3)
+    before = names(tmp_path / "run1")
+    assert before == {"epoch=1-step=8.ckpt", "epoch=2-step=12.ckpt", "last.ckpt"}
+    Trainer = trainer_class()
+    resumed = Trainer(
+        accelerator="cpu",
+        max_epochs=5,
+        enable_progress_bar=False,
+        callbacks=[ModelCheckpoint(save_top_k=2)],
+        checkpoint_dir=tmp_path / "run2",
+    )
+    train, val = loaders()
+    with pytest.warns(UserWarning, match="ranking starts afresh"):
+        resumed.fit(TinyRegression(), train, val, ckpt_path=tmp_path / "run1" / "epoch=1-step=8.ckpt")
+    assert names(tmp_path / "run1") == before
+    assert names(tmp_path / "run2") == {"epoch=3-step=16.ckpt", "epoch=4-step=20.ckpt", "last.ckpt"}
+    saved = torch.load(tmp_path / "run2" / "last.ckpt", weights_only=True)
+    assert saved["callbacks"]["ModelCheckpoint"]["dirpath"] == str(tmp_path / "run2")
+
+
+def test_a_state_without_a_folder_is_placed_by_its_files(tmp_path: Path) -> None:
+    # Checkpoints written before the folder was recorded: the kept files tell where that run saved.
+    first = ModelCheckpoint(tmp_path / "a", save_top_k=1)
+    fabric, model = fabric_epochs(first, [0.0])
+    old_state = {**first.state_dict(), "dirpath": None}
+    moved = ModelCheckpoint(tmp_path / "b", save_top_k=1)
+    moved.load_state_dict(old_state)
+    with pytest.warns(UserWarning, match="ranking starts afresh"):
+        moved.on_train_epoch_end(fabric=fabric, state={"model": model}, epoch=1, step=2)
+    assert names(tmp_path / "a") == {"epoch=0-step=1.ckpt", "last.ckpt"}
+
+
+def test_repeated_names_get_version_suffixes(tmp_path: Path) -> None:
+    # Regression: "{epoch}" with step saves wrote every save of an epoch to one file, so save_top_k=-1 kept
+    # two files out of four.
+    checkpoint = ModelCheckpoint(filename="{epoch}", every_n_steps=2, save_top_k=-1, save_last=False)
+    fit_tiny(callbacks=[checkpoint], checkpoint_dir=tmp_path, max_epochs=2)  # 8 steps, 4 saves
+    assert names(tmp_path) == {"0.ckpt", "0-v1.ckpt", "1.ckpt", "1-v1.ckpt"}
+    assert len(checkpoint.best_k_models) == 4
+
+
+def test_a_worse_checkpoint_with_a_taken_name_does_not_replace_the_best(tmp_path: Path) -> None:
+    checkpoint = ModelCheckpoint(
+        tmp_path, filename="best", monitor="val_loss", save_top_k=1, every_n_steps=1, save_last=False
+    )
+    fabric = Fabric(accelerator="cpu")
+    for step, loss in [(1, 0.1), (2, 0.9)]:
+        state = {"loss": loss}
+        checkpoint.on_train_batch_end(fabric=fabric, state=state, metrics={"val_loss": loss}, step=step)
+    assert checkpoint.best_model_path == str(tmp_path / "best.ckpt")
+    assert torch.load(tmp_path / "best.ckpt", weights_only=True)["loss"] == 0.1
+    # A better one takes a new name and displaces the old; a file of another run is never overwritten.
+    (tmp_path / "mine.pt").write_bytes(b"another run")
+    other = ModelCheckpoint(tmp_path, filename="mine.pt", every_n_steps=1, save_last=False)
+    other.on_train_batch_end(fabric=fabric, state={"loss": 0.5}, step=1)
+    assert other.best_model_path == str(tmp_path / "mine-v1.pt")
+    assert (tmp_path / "mine.pt").read_bytes() == b"another run"
+
+
+@pytest.mark.parametrize(("schedule", "max_epochs"), [({"every_n_epochs": 2}, 3), ({"every_n_steps": 3}, 1)])
+def test_last_ckpt_holds_the_final_state_whatever_the_schedule(
+    tmp_path: Path, schedule: dict[str, int], max_epochs: int
+) -> None:
+    # Regression: last.ckpt was written only with a scheduled save, so it lagged behind a normal finish.
+    trainer = fit_tiny(
+        callbacks=[ModelCheckpoint(**schedule)], checkpoint_dir=tmp_path, max_epochs=max_epochs
+    )
+    progress = torch.load(tmp_path / "last.ckpt", weights_only=True)["progress"]
+    assert progress["global_step"] == trainer.global_step == 4 * max_epochs
+    assert progress["epoch_finished"]
+
+
+def test_fabric_loop_step_count_survives_resume(tmp_path: Path) -> None:
+    # Regression: the count of a loop that passes no step= restarted at 0 after a resume.
+    def run(resume: bool) -> ModelCheckpoint:
+        checkpoint = ModelCheckpoint(tmp_path, every_n_steps=5, save_top_k=1)
+        fabric = Fabric(accelerator="cpu", callbacks=[checkpoint])
+        state: dict[str, Any] = {"model": nn.Linear(2, 1), "checkpoint": checkpoint, "batches": 0}
+        if resume:
+            fabric.load(tmp_path / "last.ckpt", state)
+        for _ in range(10):
+            state["batches"] += 1
+            fabric.call("on_train_batch_end", fabric=fabric, state=state)
+        return checkpoint
+
+    run(resume=False)
+    resumed = run(resume=True)
+    assert resumed.best_model_path == str(tmp_path / "epoch=0-step=20.ckpt")
+    assert names(tmp_path) == {"epoch=0-step=20.ckpt", "last.ckpt"}
+    # A state saved before the count was recorded continues from its last saved step.
+    older = {key: value for key, value in resumed.state_dict().items() if key != "own_step"}
+    fresh = ModelCheckpoint(tmp_path, every_n_steps=5)
+    fresh.load_state_dict(older)
+    assert fresh.state_dict()["own_step"] == 20

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,8 @@ import pytest
 import torch
 
 from tests.trainer.models import Classifier, loader, trainer
-from treadle.trainer.checkpointing import callback_state_key
+from treadle.callbacks.model_checkpoint import ModelCheckpoint
+from treadle.trainer.checkpointing import callback_state_key, resolve_path
 
 
 class Counter:
@@ -128,3 +130,28 @@ def test_saving_mid_accumulation_warns(tmp_path: Path) -> None:
 def test_save_checkpoint_needs_a_fit() -> None:
     with pytest.raises(RuntimeError, match="during or after fit"):
         trainer().save_checkpoint("x.ckpt")
+
+
+def test_last_is_looked_up_in_the_model_checkpoint_folders(tmp_path: Path) -> None:
+    # Regression: "last" looked only in checkpoint_dir, so a run saving to ModelCheckpoint(dirpath=...)
+    # started from scratch and then overwrote that folder's last.ckpt.
+    callbacks = [
+        ModelCheckpoint(dirpath=tmp_path / "ckpts"),
+        ModelCheckpoint(tmp_path / "nolast", save_last=False),
+    ]
+    default = str(tmp_path / "checkpoints")
+    with pytest.warns(UserWarning, match=r"no .*checkpoints/last.ckpt or .*ckpts/last.ckpt yet"):
+        assert resolve_path("last", default, callbacks) is None
+    ours = tmp_path / "ckpts" / "last.ckpt"
+    ours.parent.mkdir()
+    ours.write_bytes(b"")
+    (tmp_path / "nolast").mkdir()
+    (tmp_path / "nolast" / "last.ckpt").write_bytes(b"")  # that callback keeps no last.ckpt: not looked at
+    assert resolve_path("last", default, callbacks) == str(ours)
+    # Both folders hold one (e.g. a SIGTERM save in checkpoint_dir): the newest is the state reached last.
+    sigterm = tmp_path / "checkpoints" / "last.ckpt"
+    sigterm.parent.mkdir()
+    sigterm.write_bytes(b"")
+    os.utime(ours, (1, 1))
+    assert resolve_path("last", default, callbacks) == str(sigterm)
+    assert resolve_path(tmp_path / "x.ckpt", default, callbacks) == str(tmp_path / "x.ckpt")

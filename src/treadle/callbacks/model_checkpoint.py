@@ -28,8 +28,11 @@ class ModelCheckpoint(Callback):
     drop out, and keeps ``last.ckpt`` pointing at the newest state.
 
     Every file is written atomically (a reader sees the old file or the complete new one), and this
-    callback's own state (which files are the best, their scores) is part of each checkpoint, so a resumed
-    run keeps ranking and deleting correctly.
+    callback's own state (which files are the best, their scores, the folder they are in) is part of each
+    checkpoint, so a resumed run keeps ranking and deleting correctly. A resumed run that saves to another
+    folder starts ranking afresh there and never deletes the earlier folder's files. A file name that is
+    already taken (kept by this callback, or left by an earlier run) gets a version suffix instead of being
+    overwritten: ``epoch=0-v1.ckpt``, ``epoch=0-v2.ckpt``, ...; only ``last.ckpt`` is replaced in place.
 
     In the Trainer, files go to ``trainer.checkpoint_dir`` by default and are written with
     ``trainer.save_checkpoint``, so ``last.ckpt`` is what ``fit(..., ckpt_path="last")`` resumes from.
@@ -37,12 +40,15 @@ class ModelCheckpoint(Callback):
     ``on_train_epoch_end``, so its metrics are fresh there). When training stops mid-epoch (``max_steps``,
     ``max_time``, a stop request), that unfinished epoch is not saved as a ranked file (``trainer.epoch_finished``
     is False); with ``save_last``, ``last.ckpt`` is written at ``on_train_end`` instead and resumes the epoch
-    at its next batch. After SIGTERM the Trainer itself writes ``trainer.checkpoint_dir/last.ckpt``.
+    at its next batch. With ``save_last``, ``last.ckpt`` is also refreshed at every finished epoch's end and
+    at ``on_train_end`` whenever the step moved on since the last save, whatever the schedule, so it always
+    holds the final state. After SIGTERM the Trainer itself writes ``trainer.checkpoint_dir/last.ckpt``.
 
     In a Fabric-only loop, give ``dirpath`` and fire the hooks with what to save:
     ``fabric.call("on_train_epoch_end", fabric=fabric, state=state, epoch=epoch, step=step,
     metrics={"val_loss": v})``; files are written with ``fabric.save(path, state)``. Put the callback itself
-    into ``state`` (it has ``state_dict``) to checkpoint its bookkeeping too.
+    into ``state`` (it has ``state_dict``) to checkpoint its bookkeeping too, including its own step count
+    when the hooks get no ``step=``.
 
     Args:
         dirpath: the folder; default ``trainer.checkpoint_dir`` (required in a Fabric-only loop).
@@ -52,7 +58,7 @@ class ModelCheckpoint(Callback):
         mode: ``"min"`` if a lower ``monitor`` is better, ``"max"`` if higher is better.
         save_top_k: how many ranked files to keep; -1 keeps all, 0 writes none (only ``last.ckpt``).
         save_last: also keep ``last.ckpt``, the newest state (a hard link to the newest ranked file when
-            possible, so it costs no second write).
+            possible, so it costs no second write), refreshed at each epoch's end and when training ends.
         every_n_steps: save every this many optimizer steps (at ``on_train_batch_end``).
         every_n_epochs: save at the end of every this many epochs; default 1 unless ``every_n_steps`` is
             set; 0 disables epoch saves.
@@ -69,6 +75,10 @@ class ModelCheckpoint(Callback):
         trainer.fit(model, train_loader, val_loader)
         print(checkpoint.best_model_path, checkpoint.best_model_score)
     """
+
+    # In the Trainer, after the model's hooks and EarlyStopping: a checkpoint then holds the metrics the
+    # model logged at epoch end and every callback's state after its update.
+    trainer_order = 2
 
     def __init__(
         self,
@@ -127,6 +137,7 @@ class ModelCheckpoint(Callback):
         self.last_model_path: str | None = None
         self._last_saved_step: int | None = None
         self._loaded_dirpath: str | None = None
+        self._saved_dirpath: str | None = None  # absolute folder of this run's saves, once it has saved
         self._fabric: Any = None
         self._own_step = 0  # batches seen in a Fabric-only loop that passes no step=
         self._stopped_mid_epoch = False  # the Trainer ended an epoch early, so on_train_end writes last.ckpt
@@ -188,31 +199,41 @@ class ModelCheckpoint(Callback):
             # result to rank, and validation may not have run yet. last.ckpt is written in on_train_end.
             self._stopped_mid_epoch = True
             return
-        if not self.every_n_epochs:
+        current_epoch = trainer.current_epoch if trainer is not None else (0 if epoch is None else int(epoch))
+        scheduled = self.every_n_epochs > 0 and (current_epoch + 1) % self.every_n_epochs == 0
+        if not scheduled and (not self.save_last or (trainer is None and state is None)):
+            # Only last.ckpt would be refreshed, and a Fabric-only loop that passes no state= has nothing to
+            # save: other callbacks may fire this hook without knowing about checkpoints.
             return
         target = _Target.resolve(self, trainer, fabric, state, metrics, epoch, step)
-        if (target.epoch + 1) % self.every_n_epochs == 0 and target.step != self._last_saved_step:
+        if target.step == self._last_saved_step:
+            return
+        if scheduled:
             self._save(target)
+        else:
+            self._save_last(target, "end of epoch")
 
     def on_train_end(self, trainer: Any = None) -> None:
         stopped_mid_epoch, self._stopped_mid_epoch = self._stopped_mid_epoch, False
-        if trainer is None or not stopped_mid_epoch or not self.save_last or trainer.preempted:
+        if trainer is None or not self.save_last or trainer.preempted:
             return  # after SIGTERM the Trainer has just written checkpoint_dir/last.ckpt itself
         target = _Target.resolve(self, trainer, None, None, None, None, None)
-        if target.step == self._last_saved_step:
-            return
+        if target.step != self._last_saved_step:
+            self._save_last(target, "training stopped mid-epoch" if stopped_mid_epoch else "end of training")
+
+    # --- saving ------------------------------------------------------------------------------------------
+    def _save_last(self, target: _Target, why: str) -> None:
         self._forget_other_folder(target.dirpath)
         self.last_model_path = os.path.join(target.dirpath, LAST_NAME)
         self._last_saved_step = target.step
         target.save(self.last_model_path)
         if self.verbose and target.is_global_zero:
-            write_line(f"ModelCheckpoint: saved {LAST_NAME} (training stopped mid-epoch)")
+            write_line(f"ModelCheckpoint: saved {LAST_NAME} ({why})")
 
-    # --- saving ------------------------------------------------------------------------------------------
     def _save(self, target: _Target) -> None:
         self._forget_other_folder(target.dirpath)
         score = self._score(target)
-        path = os.path.join(target.dirpath, self._format_name(target))
+        path = self._free_path(target.dirpath, self._format_name(target))
         keep, displaced = self._rank(path, score)
         if target.world_size > 1:
             # Ranks may see different metrics (a loop that does not reduce them), and saving is collective:
@@ -238,6 +259,10 @@ class ModelCheckpoint(Callback):
                 target.save(last_path)
         if target.is_global_zero:
             for old in displaced:
+                # Only this run's folder is ours to clean: a file elsewhere (recorded by an older checkpoint)
+                # leaves the ranking but stays on disk.
+                if os.path.dirname(os.path.abspath(old)) != self._saved_dirpath:
+                    continue
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(old)
         if self.verbose and target.is_global_zero:
@@ -246,8 +271,9 @@ class ModelCheckpoint(Callback):
             write_line(f"ModelCheckpoint: saved {what}{score_text}")
 
     def _forget_other_folder(self, dirpath: str) -> None:
+        self._saved_dirpath = os.path.abspath(dirpath)
         loaded, self._loaded_dirpath = self._loaded_dirpath, None
-        if loaded is None or os.path.abspath(loaded) == os.path.abspath(dirpath):
+        if loaded is None or os.path.abspath(loaded) == self._saved_dirpath:
             return
         if self._kept:
             warnings.warn(
@@ -287,6 +313,19 @@ class ModelCheckpoint(Callback):
             return False, []
         return True, [p for p, _ in ranked[self.save_top_k :]]
 
+    def _free_path(self, dirpath: str, name: str) -> str:
+        """``dirpath/name``, or ``name-vN`` with the first N that is neither kept nor on disk."""
+        path = os.path.join(dirpath, name)
+        kept = {os.path.abspath(p) for p, _ in self._kept}
+        stem, extension = os.path.splitext(name)
+        version = 0
+        # Writing over a taken name would silently replace a kept file (maybe a better one) or a file of an
+        # earlier run that this callback does not own.
+        while os.path.abspath(path) in kept or os.path.exists(path):
+            version += 1
+            path = os.path.join(dirpath, f"{stem}-v{version}{extension}")
+        return path
+
     def _format_name(self, target: _Target) -> str:
         values = {name: float(metric_value(name, value)) for name, value in target.metrics.items()}
         values.update(epoch=target.epoch, step=target.step)
@@ -301,20 +340,26 @@ class ModelCheckpoint(Callback):
 
     # --- checkpoints -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """What a checkpoint keeps: the folder, monitor and mode, the files kept with their scores, and the
-        last save."""
+        """What a checkpoint keeps: the folder saved to (absolute), monitor and mode, the files kept with
+        their scores, the last save, and the step count of a Fabric-only loop."""
+        dirpath = self._saved_dirpath
+        if dirpath is None and self.dirpath is not None:
+            dirpath = os.path.abspath(self.dirpath)
         return {
-            "dirpath": self.dirpath,
+            "dirpath": dirpath,
             "monitor": self.monitor,
             "mode": self.mode,
             "kept": [list(item) for item in self._kept],
             "last_model_path": self.last_model_path,
             "last_saved_step": self._last_saved_step,
+            "own_step": self._own_step,
         }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Continue ranking from ``state_dict()``; files that no longer exist are forgotten with a warning, and
         a state of another monitor or mode is ignored with one."""
+        # Checkpoints written before "own_step" was saved: the last saved step is where that count stood.
+        self._own_step = int(state_dict.get("own_step", state_dict.get("last_saved_step") or 0))
         if state_dict.get("monitor") != self.monitor or state_dict.get("mode") != self.mode:
             warnings.warn(
                 f"ModelCheckpoint: the checkpoint ranked files by monitor={state_dict.get('monitor')!r}, "
@@ -336,7 +381,12 @@ class ModelCheckpoint(Callback):
         self._kept = [(path, score) for path, score in kept if path not in missing]
         self.last_model_path = state_dict.get("last_model_path")
         self._last_saved_step = state_dict.get("last_saved_step")
-        self._loaded_dirpath = state_dict.get("dirpath")
+        loaded_dirpath = state_dict.get("dirpath")
+        if loaded_dirpath is None:
+            # Checkpoints that stored no folder (the Trainer's default one): it is where the files were.
+            recorded = [path for path, _ in kept] + [self.last_model_path or ""]
+            loaded_dirpath = next((os.path.dirname(path) for path in recorded if path), None)
+        self._loaded_dirpath = None if loaded_dirpath is None else os.path.abspath(loaded_dirpath)
 
 
 class _Target:

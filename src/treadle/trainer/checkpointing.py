@@ -111,17 +111,47 @@ def load_callback_states(stateful: Mapping[str, object], saved: Mapping[str, Any
         )
 
 
-def resolve_path(ckpt_path: str | os.PathLike[str], checkpoint_dir: str) -> str | None:
-    """The file ``fit(ckpt_path=...)`` means: ``"last"`` is ``checkpoint_dir/last.ckpt``, or None (with a
-    warning) while it does not exist, so a job script can always pass ``"last"``."""
+def resolve_path(
+    ckpt_path: str | os.PathLike[str], checkpoint_dir: str, callbacks: Iterable[object] = ()
+) -> str | None:
+    """The file ``fit(ckpt_path=...)`` means.
+
+    ``"last"`` is the newest ``last.ckpt`` among ``checkpoint_dir`` and the folders of the callbacks that
+    keep one (those with ``save_last=True`` and a ``dirpath``, as ModelCheckpoint has), or None (with a
+    warning) while there is none, so a job script can always pass ``"last"``.
+
+    Args:
+        ckpt_path: a file path, or ``"last"``.
+        checkpoint_dir: the Trainer's ``checkpoint_dir``.
+        callbacks: the Trainer's callbacks; a ``ModelCheckpoint(dirpath=...)`` writes ``last.ckpt`` there.
+
+    Returns:
+        The path to load, or None to start from scratch.
+
+    Example::
+
+        path = resolve_path("last", "checkpoints", [ModelCheckpoint(dirpath="ckpts")])
+    """
     path = os.fspath(ckpt_path)
     if path != "last":
         return path
-    path = os.path.join(checkpoint_dir, "last.ckpt")
-    if os.path.exists(path):
-        return path
+    folders = [checkpoint_dir]
+    for callback in callbacks:
+        dirpath = getattr(callback, "dirpath", None)
+        if getattr(callback, "save_last", False) is True and isinstance(dirpath, (str, os.PathLike)):
+            folders.append(os.fspath(dirpath))
+    by_file = {
+        os.path.abspath(os.path.join(f, "last.ckpt")): os.path.join(f, "last.ckpt") for f in reversed(folders)
+    }
+    candidates = list(reversed(by_file.values()))
+    existing = [candidate for candidate in candidates if os.path.exists(candidate)]
+    if existing:
+        # Several folders may hold one (a callback's folder and the SIGTERM save in checkpoint_dir): the
+        # newest is the state the previous run reached.
+        return max(existing, key=os.path.getmtime)
     warnings.warn(
-        f"fit(ckpt_path='last'): there is no {path} yet; training starts from scratch.", stacklevel=5
+        f"fit(ckpt_path='last'): there is no {' or '.join(candidates)} yet; training starts from scratch.",
+        stacklevel=5,
     )
     return None
 

@@ -11,7 +11,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from tests.trainer.models import Classifier, make_data, trainer
+from tests.trainer.models import Classifier, loader, make_data, trainer
+from treadle.callbacks.early_stopping import EarlyStopping
+from treadle.callbacks.model_checkpoint import ModelCheckpoint
 from treadle.seed import seed_everything
 
 
@@ -120,3 +122,46 @@ def test_validation_does_not_change_trained_weights() -> None:
     often = run(seed=0, val_every_n_steps=1)
     never = run(seed=0, val_every_n_steps=None, val_every_n_epochs=None)
     assert_bitwise_equal(often, never)
+
+
+def test_a_checkpoint_holds_the_state_of_callbacks_listed_after_it(tmp_path: Path) -> None:
+    # Regression: ModelCheckpoint saved at epoch end before EarlyStopping, listed after it, had counted that
+    # epoch, so the resumed run stopped one epoch later than the uninterrupted one.
+    def fit(folder: str, max_epochs: int, ckpt_path: Path | None = None) -> Any:
+        patience = EarlyStopping("train_loss", patience=2, check_on_train_epoch_end=True, verbose=False)
+        torch.manual_seed(0)
+        run = trainer(
+            max_epochs=max_epochs,
+            log_every_n_steps=1,
+            callbacks=[ModelCheckpoint(dirpath=tmp_path / folder), patience],
+        )
+        run.fit(Classifier(lr=0.0), loader(), ckpt_path=ckpt_path)  # lr 0: the loss never improves
+        return run
+
+    uninterrupted = fit("whole", 10)
+    fit("parts", 2)
+    resumed = fit("parts", 10, ckpt_path=tmp_path / "parts" / "last.ckpt")
+    assert resumed.current_epoch == uninterrupted.current_epoch == 3
+
+
+class CountBatches:
+    def __init__(self) -> None:
+        self.batches = 0
+
+    def on_train_batch_end(self) -> None:
+        self.batches += 1
+
+
+def test_last_resumes_from_a_model_checkpoint_folder(tmp_path: Path) -> None:
+    def fit(max_epochs: int, ckpt_path: str | None = None) -> int:
+        counter = CountBatches()
+        run = trainer(
+            max_epochs=max_epochs,
+            checkpoint_dir=str(tmp_path / "default"),
+            callbacks=[ModelCheckpoint(dirpath=tmp_path / "mine"), counter],
+        )
+        run.fit(Classifier(), loader(), ckpt_path=ckpt_path)
+        return counter.batches
+
+    assert fit(2) == 16
+    assert fit(3, ckpt_path="last") == 8  # the third epoch only, resumed from mine/last.ckpt

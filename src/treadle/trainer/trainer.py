@@ -240,7 +240,8 @@ class Trainer:
             model: an ``nn.Module`` with ``training_step(batch, batch_idx)`` (a loss tensor, or a dict with
                 ``"loss"``), ``configure_optimizers()`` and optionally ``validation_step(batch, batch_idx)``.
             train_dataloaders, val_dataloaders: ``DataLoader``s.
-            ckpt_path: resume from this checkpoint; ``"last"`` means ``checkpoint_dir/last.ckpt`` if it exists.
+            ckpt_path: resume from this checkpoint; ``"last"`` means the newest ``last.ckpt`` in
+                ``checkpoint_dir`` or in the folder of a ``ModelCheckpoint(save_last=True, dirpath=...)``.
 
         Raises:
             ValueError, TypeError: bad arguments, or a model method returned something unusable.
@@ -254,7 +255,8 @@ class Trainer:
         if ckpt_path is not None and not isinstance(ckpt_path, (str, os.PathLike)):
             raise TypeError(
                 f"Trainer.fit(ckpt_path={ckpt_path!r}) must be a checkpoint file path (str or os.PathLike), "
-                "'last' for checkpoint_dir/last.ckpt, or None to start from scratch."
+                "'last' for the newest last.ckpt (checkpoint_dir or a ModelCheckpoint's folder), or None to start "
+                "from scratch."
             )
         if not self._settings.has_limit:
             raise ValueError(
@@ -501,7 +503,7 @@ class Trainer:
         return self._module
 
     def _restore(self, ckpt_path: str | os.PathLike[str]) -> None:
-        path = checkpointing.resolve_path(ckpt_path, self.checkpoint_dir)
+        path = checkpointing.resolve_path(ckpt_path, self.checkpoint_dir, self._stateful.values())
         if path is None:
             return
         checkpoint = self.fabric.load(path)

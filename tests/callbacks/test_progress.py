@@ -2,10 +2,13 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -163,10 +166,10 @@ def test_trainer_default_bar_reads_the_loss_rarely(monkeypatch: pytest.MonkeyPat
     reads = 0
     scalar = progress._scalar
 
-    def counting(value: Any) -> float | None:
+    def counting(value: Any, name: str) -> float | None:
         nonlocal reads
         reads += isinstance(value, torch.Tensor)
-        return scalar(value)
+        return scalar(value, name)
 
     monkeypatch.setattr(progress, "_scalar", counting)
     Trainer = trainer_class()
@@ -192,3 +195,85 @@ def test_write_line_goes_through_tqdm_write_once_tqdm_is_loaded(monkeypatch: pyt
 def test_leave_must_be_a_bool() -> None:
     with pytest.raises(TypeError, match=r"ProgressBar\(leave='no'\) must be True or False"):
         ProgressBar(leave="no")  # type: ignore[arg-type]
+
+
+def fit_resumed_mid_epoch(tmp_path: Path, bar: ProgressBar) -> Any:
+    """10 batches in one epoch: SIGTERM after batch 5 (saves last.ckpt), then resume with `bar`."""
+    Trainer = trainer_class()
+    x = torch.randn(80, 1)
+    loader = DataLoader(TensorDataset(x, 2 * x), batch_size=8)
+
+    class Preempt:
+        def on_train_batch_end(self, batch_idx: int) -> None:
+            if batch_idx == 4:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    options: dict[str, Any] = {"accelerator": "cpu", "max_epochs": 1, "checkpoint_dir": tmp_path}
+    first = Trainer(callbacks=[Preempt()], enable_progress_bar=False, **options)
+    first.fit(TinyRegression(), loader)
+    assert first.progress.batches_done == 5
+    resumed = Trainer(callbacks=[bar], **options)
+    resumed.fit(TinyRegression(), loader, ckpt_path="last")
+    assert resumed.global_step == 10
+    return resumed
+
+
+def test_a_trainer_resumed_mid_epoch_counts_on_from_its_batches(tmp_path: Path) -> None:
+    # Regression: the resumed run printed "batch 1/10" for the epoch's 6th batch.
+    out = io.StringIO()
+    fit_resumed_mid_epoch(tmp_path, ProgressBar(backend="plain", refresh_rate=1, file=out))
+    lines = out.getvalue().splitlines()
+    assert [line.split(":")[0] for line in lines if " batch " in line] == [
+        f"Epoch 1/1 batch {n}/10" for n in range(6, 11)
+    ]
+    assert any(line.startswith("Epoch 1/1 done: 10 batches (5 after resuming) in ") for line in lines)
+
+
+def test_a_tqdm_bar_resumed_mid_epoch_starts_at_the_batches_done(tmp_path: Path) -> None:
+    # Regression: the bar started at 0 and stopped at 5/10.
+    pytest.importorskip("tqdm")
+    out = io.StringIO()
+    fit_resumed_mid_epoch(tmp_path, ProgressBar(backend="tqdm", file=out))
+    text = out.getvalue()
+    assert "5/10" in text and "10/10" in text
+    assert "| 0/10" not in text and "| 1/10" not in text
+
+
+def test_a_fabric_loop_resumed_mid_epoch_counts_from_batch_idx() -> None:
+    out = io.StringIO()
+    bar = ProgressBar(backend="plain", refresh_rate=2, file=out)
+    bar.on_train_epoch_start(epoch=0, total=10)
+    for batch_idx in range(6, 10):
+        bar.on_train_batch_end(loss=1.0, batch_idx=batch_idx)
+    bar.on_train_epoch_end()
+    assert [line.split(":")[0] for line in out.getvalue().splitlines()] == [
+        "Epoch 1 batch 8/10",
+        "Epoch 1 batch 10/10",
+        "Epoch 1 done",
+    ]
+    assert "done: 10 batches (4 after resuming)" in out.getvalue()
+
+
+@pytest.mark.parametrize("backend", ["plain", "tqdm"])
+def test_numpy_and_other_fabric_log_values_are_shown(backend: str) -> None:
+    # Regression: numpy scalars, which Fabric.log accepts, were silently left out.
+    if backend == "tqdm":
+        pytest.importorskip("tqdm")
+    out = io.StringIO()
+    bar = ProgressBar(backend=backend, refresh_rate=1, file=out)  # type: ignore[arg-type]
+    bar.on_train_epoch_start(epoch=0, total=1)
+    bar.on_validation_end(
+        metrics={
+            "val_loss": np.float32(0.25),
+            "val_count": np.int64(7),
+            "val_acc": torch.tensor(0.5),
+            "val_best": True,
+            "val_text": "n/a",  # not a number: left out, as before
+            "val_vector": torch.ones(3),  # not a single number: left out
+        }
+    )
+    bar.on_train_batch_end(loss=np.float64(2.0))
+    bar.on_train_epoch_end()
+    text = out.getvalue()
+    assert "loss=2, val_loss=0.25, val_count=7, val_acc=0.5, val_best=1" in text
+    assert "val_text" not in text and "val_vector" not in text

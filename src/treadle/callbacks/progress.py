@@ -6,9 +6,7 @@ import math
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, TextIO
-
-import torch
+from typing import Any, Literal, TextIO, TypeGuard
 
 from treadle.callbacks.arguments import check_bool
 from treadle.callbacks.hooks import Callback
@@ -35,8 +33,10 @@ class ProgressBar(Callback):
 
     In the Trainer everything comes from the trainer (it is the default progress bar). In a loop of your
     own, fire the hooks with what you have: ``on_train_epoch_start`` (optionally with ``epoch=`` and
-    ``total=``, the number of batches), ``on_train_batch_end`` with ``loss=``, ``on_validation_end`` with
-    ``metrics=`` (a mapping of names to numbers), and ``on_fit_end`` when done.
+    ``total=``, the number of batches), ``on_train_batch_end`` with ``loss=`` (and optionally ``batch_idx=``,
+    the batch's index in the epoch, so that a loop resumed mid-epoch counts on from there),
+    ``on_validation_end`` with ``metrics=`` (a mapping of names to numbers, as ``Fabric.log`` takes them),
+    and ``on_fit_end`` when done. A Trainer resumed mid-epoch is counted from the batches it already ran.
 
     Args:
         refresh_rate: update the display every this many batches. Default: every batch with tqdm, every
@@ -102,7 +102,8 @@ class ProgressBar(Callback):
         self._val_bar: Any = None
         self._epoch = -1  # own count, for loops that do not say which epoch it is
         self._total: int | None = None
-        self._batches = 0  # batches seen in this epoch
+        self._batches = 0  # batches of this epoch done, counting those run before a resume
+        self._resumed_at = 0  # batches of this epoch that ran before this process resumed it
         self._shown = 0  # batches already counted on the bar
         self._steps = 0  # batches seen overall, for loops without a trainer
         self._loss: float | None = None
@@ -121,13 +122,14 @@ class ProgressBar(Callback):
         self, epoch: int | None = None, total: int | None = None, trainer: Any = None
     ) -> None:
         self._close_bars()
+        done = 0
         if trainer is not None:
             epoch = trainer.current_epoch
             total = getattr(trainer, "num_training_batches", None)
+            done = _batches_done(trainer)
         self._epoch = self._epoch + 1 if epoch is None else int(epoch)
         self._total = total if isinstance(total, int) and not isinstance(total, bool) and total > 0 else None
-        self._batches = 0
-        self._shown = 0
+        self._batches = self._shown = self._resumed_at = done
         self._epoch_started_at = time.perf_counter()
         if self._tqdm is not None and self.refresh_rate > 0:
             self._bar = self._tqdm(
@@ -137,6 +139,7 @@ class ProgressBar(Callback):
                 file=self._stream(),
                 dynamic_ncols=True,
                 unit="it",
+                initial=done,  # counted as already done, so the rate is that of this run's batches
             )
 
     def on_train_batch_end(
@@ -147,7 +150,12 @@ class ProgressBar(Callback):
         batch_idx: int | None = None,
         trainer: Any = None,
     ) -> None:
-        self._batches += 1
+        if _is_index(batch_idx):
+            if self._batches == 0:  # the epoch's first batch here: a loop resumed mid-epoch starts past 0
+                self._resumed_at = batch_idx
+            self._batches = batch_idx + 1
+        else:
+            self._batches += 1
         self._steps += 1
         if self.refresh_rate == 0:
             return
@@ -170,8 +178,9 @@ class ProgressBar(Callback):
         elif self._tqdm is None and self._batches:
             self._read_loss()
             seconds = time.perf_counter() - self._epoch_started_at
+            resumed = f" ({self._batches - self._resumed_at} after resuming)" if self._resumed_at else ""
             self._print(
-                f"{self._epoch_label(trainer)} done: {self._batches} batches in {seconds:.1f}s, "
+                f"{self._epoch_label(trainer)} done: {self._batches} batches{resumed} in {seconds:.1f}s, "
                 f"{self._status(trainer)}"
             )
 
@@ -227,7 +236,7 @@ class ProgressBar(Callback):
     def _read_loss(self) -> None:
         """The bar's only device read."""
         if self._unread_loss is not None:
-            self._loss = _scalar(self._unread_loss)
+            self._loss = _scalar(self._unread_loss, "loss")
             self._unread_loss = None
         self._loss_read_at = time.perf_counter()
 
@@ -268,7 +277,7 @@ class ProgressBar(Callback):
             names = [name for name in self._metric_names if name in metrics]
         selected = {}
         for name in names:
-            value = _scalar(metrics[name])
+            value = _scalar(metrics[name], name)
             if value is not None:
                 selected[name] = value
         return selected
@@ -325,14 +334,25 @@ def _loss_from_output(output: Any) -> Any:
     return None
 
 
-def _scalar(value: Any) -> float | None:
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            return None
-        return float(value.detach().item())
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    return None
+def _scalar(value: Any, name: str) -> float | None:
+    # What Fabric.log accepts (numpy scalars included) is shown; anything else is left out rather than
+    # stopping training over a display.
+    from treadle.loggers.base import metric_value
+
+    try:
+        return float(metric_value(name, value, where="ProgressBar"))
+    except (TypeError, ValueError):
+        return None
+
+
+def _is_index(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _batches_done(trainer: Any) -> int:
+    # The Trainer's count of this epoch's batches already run: more than 0 when it resumed mid-epoch.
+    done = getattr(getattr(trainer, "progress", None), "batches_done", 0)
+    return done if _is_index(done) else 0
 
 
 def _format_metrics(metrics: Mapping[str, float]) -> str:

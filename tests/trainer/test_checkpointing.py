@@ -57,6 +57,7 @@ def test_checkpoint_contents(tmp_path: Path) -> None:
         "batches_done": 0,
         "time_elapsed": progress["time_elapsed"],
         "epoch_finished": False,
+        "step_boundary_pending": False,
     }
     assert set(checkpoint["model"]) == set(Classifier().state_dict())
     assert set(checkpoint["optimizer"]) == {"state", "param_groups"}

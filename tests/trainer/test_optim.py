@@ -76,6 +76,11 @@ def test_progress_round_trip_and_validation() -> None:
         Progress(global_step=-1)
     with pytest.raises(ValueError, match="expected"):
         Progress.from_state_dict({"epoch": 1})
+    older = progress.state_dict()
+    del older["step_boundary_pending"]  # checkpoints written before the field existed still load
+    assert Progress.from_state_dict(older) == progress
+    with pytest.raises(ValueError, match="step_boundary_pending='yes'"):
+        Progress(step_boundary_pending="yes")  # type: ignore[arg-type]
 
 
 def _lrs_per_step(configure: Any, **options: Any) -> list[float]:

@@ -165,3 +165,36 @@ def test_last_resumes_from_a_model_checkpoint_folder(tmp_path: Path) -> None:
 
     assert fit(2) == 16
     assert fit(3, ckpt_path="last") == 8  # the third epoch only, resumed from mine/last.ckpt
+
+
+def plateau_on_val_loss(model: nn.Module) -> Any:
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=1, factor=0.5, threshold=0.0)
+    scheduler = {"scheduler": plateau, "interval": "step", "monitor": "val_loss", "strict": False}
+    return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+
+@pytest.mark.filterwarnings(
+    "ignore:Scheduler ReduceLROnPlateau monitors 'val_loss', which has not been logged"
+)
+def test_a_step_checkpoint_resumes_with_that_steps_validation(tmp_path: Path) -> None:
+    # Regression: ModelCheckpoint(every_n_steps=3) saves in on_train_batch_end, before the validation of
+    # val_every_n_steps=3; the resumed run skipped that validation, so the plateau scheduler diverged.
+    def fit(max_steps: int, folder: str, ckpt_path: Path | None = None) -> tuple[nn.Module, Any]:
+        seed_everything(0)
+        model = Classifier(configure=plateau_on_val_loss)
+        run = trainer(
+            max_epochs=-1,
+            max_steps=max_steps,
+            val_every_n_steps=3,
+            callbacks=[ModelCheckpoint(dirpath=tmp_path / folder, every_n_steps=3)],
+        )
+        run.fit(model, loader(shuffle=True), loader(n=16), ckpt_path=ckpt_path)
+        return model, run
+
+    whole, whole_run = fit(12, "whole")
+    fit(6, "parts")
+    resumed, resumed_run = fit(12, "parts", ckpt_path=tmp_path / "parts" / "last.ckpt")
+    assert resumed_run.optimizers[0].param_groups[0]["lr"] == whole_run.optimizers[0].param_groups[0]["lr"]
+    for name, value in whole.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[name]), name

@@ -32,6 +32,9 @@ class Progress:
         time_elapsed: seconds spent in ``fit`` over all runs of this training, for ``max_time``.
         epoch_finished: the epoch's batches, validation and epoch-interval schedulers are done (true during
             ``on_train_epoch_end``); a run resumed from such a checkpoint starts the next epoch.
+        step_boundary_pending: an optimizer step was taken and what follows it (validation by steps, the
+            limits, the stop decision) has not run yet, as in ``on_train_batch_end``; a run resumed from such
+            a checkpoint runs it first.
 
     Example::
 
@@ -44,6 +47,7 @@ class Progress:
     batches_done: int = 0
     time_elapsed: float = 0.0
     epoch_finished: bool = False
+    step_boundary_pending: bool = False
 
     def __post_init__(self) -> None:
         for name in ("epoch", "global_step", "batches_done"):
@@ -56,8 +60,9 @@ class Progress:
         if elapsed < 0:
             raise ValueError(f"Progress(time_elapsed={elapsed!r}) must be >= 0.")
         self.time_elapsed = float(elapsed)
-        if not isinstance(self.epoch_finished, bool):
-            raise ValueError(f"Progress(epoch_finished={self.epoch_finished!r}) must be True or False.")
+        for flag in ("epoch_finished", "step_boundary_pending"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"Progress({flag}={getattr(self, flag)!r}) must be True or False.")
 
     def start_next_epoch(self) -> None:
         """Advance to the first batch of the next epoch."""
@@ -79,7 +84,8 @@ class Progress:
         if not isinstance(state, Mapping):
             raise ValueError(f"A checkpoint's 'progress' must be a dict, got {type(state).__name__}.")
         expected = {field.name for field in dataclasses.fields(cls)}
-        if set(state) != expected:
+        # Checkpoints written before `step_boundary_pending` existed lack it; its default is what they meant.
+        if set(state) != expected and set(state) != expected - {"step_boundary_pending"}:
             raise ValueError(
                 f"A checkpoint's 'progress' has keys {sorted(state)}, expected {sorted(expected)}. "
                 "Was it written by treadle's Trainer?"

@@ -371,6 +371,7 @@ class Trainer:
         assert self._train_loader is not None
         start, limit = self.progress.batches_done, self.num_training_batches
         if start >= limit:
+            self._resume_step_boundary(is_last=True)
             return True
         set_sampler_epoch(self._train_loader, self.progress.epoch)
         # Creating the iterator draws shuffling seeds from the global RNG, so a run resumed mid-epoch goes back
@@ -380,6 +381,8 @@ class Trainer:
         if not skip(batches, start):
             return True
         self._rng.apply_saved()
+        if self._resume_step_boundary(is_last=False) and self.should_stop:
+            return False
         for batch_idx, batch, is_last in numbered(batches, start, limit):
             if self._train_batch(self.fabric.to_device(batch), batch_idx, is_last):
                 self._after_step(is_last)
@@ -406,6 +409,7 @@ class Trainer:
         if should_step:
             self._optimizer_step()
         self.progress.batches_done = batch_idx + 1
+        self.progress.step_boundary_pending = should_step  # a checkpoint saved in the hook runs it on resume
         self._call("on_train_batch_end", loss=loss, output=output, batch=batch, batch_idx=batch_idx)
         return should_step
 
@@ -430,6 +434,7 @@ class Trainer:
 
     def _after_step(self, is_last: bool) -> None:
         """The step boundary: validation by steps, limits, and the stop decision shared by all ranks."""
+        self.progress.step_boundary_pending = False
         every = self._settings.val_every_n_steps
         # On the epoch's last batch, epoch-end validation (if due) follows at once: do not run it twice.
         epoch_end_follows = is_last and self._epoch_end_validation_due()
@@ -437,6 +442,14 @@ class Trainer:
             self._run_validation()
         self._check_limits()
         self._sync_stop()
+
+    def _resume_step_boundary(self, is_last: bool) -> bool:
+        """Run the step boundary a checkpoint was saved before (in ``on_train_batch_end``), as the interrupted
+        run did right after saving; True if there was one."""
+        if not self.progress.step_boundary_pending:
+            return False
+        self._after_step(is_last)
+        return True
 
     def _epoch_end_validation_due(self) -> bool:
         every = self._settings.val_every_n_epochs

@@ -255,3 +255,45 @@ def test_set_up_modules_do_not_keep_a_dropped_module_alive() -> None:
     del model
     gc.collect()
     assert alive() is None
+
+
+class EpochSampler(torch.utils.data.SequentialSampler):  # type: ignore[type-arg]
+    def __init__(self, data: list[int]) -> None:
+        super().__init__(data)
+        self.epochs: list[int] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epochs.append(epoch)
+
+
+def test_the_sampler_inside_a_batch_sampler_gets_each_epoch_once() -> None:
+    fabric = Fabric(accelerator="cpu")
+    data = list(range(8))
+    inner = EpochSampler(data)
+    batch_sampler = torch.utils.data.BatchSampler(inner, batch_size=4, drop_last=False)
+    loader = fabric.setup_dataloaders(
+        torch.utils.data.DataLoader(data, batch_sampler=batch_sampler), use_distributed_sampler=False
+    )
+    # The usual loader: its sampler is also the one inside the BatchSampler the DataLoader built.
+    shared = EpochSampler(data)
+    plain = fabric.setup_dataloaders(
+        torch.utils.data.DataLoader(data, sampler=shared, batch_size=4), use_distributed_sampler=False
+    )
+    for _ in range(3):
+        list(loader)
+        list(plain)
+    assert inner.epochs == [0, 1, 2]
+    assert shared.epochs == [0, 1, 2]
+
+
+def test_a_distributed_sampler_inside_a_batch_sampler_reshuffles() -> None:
+    fabric = Fabric(accelerator="cpu")
+    data = list(range(8))
+    sampler = torch.utils.data.DistributedSampler(data, num_replicas=1, rank=0, shuffle=True, seed=0)
+    batch_sampler = torch.utils.data.BatchSampler(sampler, batch_size=4, drop_last=False)
+    loader = fabric.setup_dataloaders(
+        torch.utils.data.DataLoader(data, batch_sampler=batch_sampler), use_distributed_sampler=False
+    )
+    first, second = ([batch.tolist() for batch in loader] for _ in range(2))
+    assert first != second
+    assert sampler.epoch == 1

@@ -315,10 +315,17 @@ class FabricDataLoader:
         return len(self._dataloader)
 
     def __iter__(self) -> Iterator[Any]:
-        for sampler in (
+        batch_sampler = getattr(self._dataloader, "batch_sampler", None)
+        # The sampler inside a BatchSampler is the one that shuffles (a DistributedSampler the user put
+        # there); DataLoader.sampler is then a plain SequentialSampler. Each object advances once.
+        samplers = (
             getattr(self._dataloader, "sampler", None),
-            getattr(self._dataloader, "batch_sampler", None),
-        ):
+            batch_sampler,
+            getattr(batch_sampler, "sampler", None),
+        )
+        for index, sampler in enumerate(samplers):
+            if sampler is None or any(sampler is earlier for earlier in samplers[:index]):
+                continue
             set_epoch = getattr(sampler, "set_epoch", None)
             if callable(set_epoch):
                 set_epoch(self._num_iter_calls)

@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import torch
 
-from treadle.tree import map_tensors, numbers_to_tensors
+from treadle.tree import map_tensors, move_to_device, numbers_to_tensors
 
 
 class Pair(NamedTuple):
@@ -55,3 +55,53 @@ def test_numbers_become_tensors_wherever_map_tensors_walks() -> None:
     assert isinstance(out["frozen"].n, torch.Tensor) and out["frozen"].n.dtype == torch.float32
     assert float(out["view"]["n"]) == 2.0
     assert numbers_to_tensors(True, torch.device("cpu")) is True  # booleans are not numbers to reduce
+
+
+@dataclasses.dataclass
+class Normalised:
+    pixels: torch.Tensor
+
+    def __post_init__(self) -> None:  # accepts uint8 images and normalises them once
+        self.pixels = self.pixels.float() / 255
+
+
+@dataclasses.dataclass(frozen=True)
+class Scaled:
+    x: torch.Tensor
+    scale: dataclasses.InitVar[float]
+    doubled: torch.Tensor = dataclasses.field(init=False)
+
+    def __post_init__(self, scale: float) -> None:
+        object.__setattr__(self, "x", self.x * scale)
+        object.__setattr__(self, "doubled", self.x * 2)
+
+
+def test_dataclasses_are_rebuilt_without_running_init_again() -> None:
+    images = Normalised(torch.full((2,), 255, dtype=torch.uint8))
+    out = move_to_device(images, torch.device("cpu"))
+    assert isinstance(out, Normalised) and out is not images and out.pixels.tolist() == [1.0, 1.0]
+    scaled = map_tensors(Scaled(torch.ones(1), 3.0), lambda t: t + 1)  # an InitVar and an init=False field
+    assert isinstance(scaled, Scaled) and float(scaled.x) == 4.0 and float(scaled.doubled) == 7.0
+
+
+class Graph:
+    """A batch type that moves itself, like a graph library's ``Data``."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x = x
+
+    def to(self, device: torch.device) -> Graph:
+        return Graph(self.x.to(device))
+
+
+def test_move_to_device_calls_the_own_to_of_other_objects() -> None:
+    meta = torch.device("meta")  # stands in for an accelerator on a CPU-only machine
+    layer = torch.nn.Linear(1, 1)
+    out = move_to_device(
+        {"graph": Graph(torch.ones(2)), "x": torch.ones(1), "kind": Graph, "model": layer}, meta
+    )
+    assert isinstance(out["graph"], Graph) and out["graph"].x.device == meta and out["x"].device == meta
+    assert out["kind"] is Graph  # a class is not an object to move
+    assert (
+        out["model"] is layer and layer.weight.device == meta
+    )  # in place, as Fabric.to_device moves a module

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -38,15 +39,12 @@ def map_leaves(data: Any, fn: Callable[[Any], Any], is_leaf: Callable[[Any], boo
     if isinstance(data, (list, tuple)):
         return type(data)(map_leaves(value, fn, is_leaf) for value in data)
     if dataclasses.is_dataclass(data) and not isinstance(data, type):
-        fields = dataclasses.fields(data)
-        changes = {
-            field.name: map_leaves(getattr(data, field.name), fn, is_leaf) for field in fields if field.init
-        }
-        result = dataclasses.replace(data, **changes)
-        # replace() runs __post_init__, which would recompute fields declared with init=False: set those from
-        # the mapped originals instead (object.__setattr__ also works on frozen dataclasses).
-        for field in fields:
-            if not field.init and hasattr(data, field.name):
+        # A shallow copy with the fields swapped in, rather than dataclasses.replace: replace() runs __init__
+        # and __post_init__ again, which would normalise a field twice and cannot rebuild InitVars.
+        # object.__setattr__ also works on frozen dataclasses.
+        result = copy.copy(data)
+        for field in dataclasses.fields(data):
+            if hasattr(data, field.name):  # an init=False field without a default may never have been set
                 object.__setattr__(result, field.name, map_leaves(getattr(data, field.name), fn, is_leaf))
         return result
     if isinstance(data, Sequence) and not isinstance(data, (str, bytes)):
@@ -55,12 +53,24 @@ def map_leaves(data: Any, fn: Callable[[Any], Any], is_leaf: Callable[[Any], boo
 
 
 def move_to_device(data: Any, device: torch.device) -> Any:
-    """Move every tensor in ``data`` to ``device``; copies from pinned memory are asynchronous."""
+    """Move every tensor in ``data`` to ``device``, and every other object with its own ``to`` method.
 
-    def move(tensor: torch.Tensor) -> torch.Tensor:
-        return tensor.to(device, non_blocking=tensor.is_pinned())
+    Objects such as a custom batch class, a ``PackedSequence`` or a graph library's ``Data`` are moved by
+    calling ``obj.to(device)`` and keeping what it returns; a module inside ``data`` is moved in place, as
+    ``Fabric.to_device`` moves a module. Tensor copies from pinned memory are asynchronous.
 
-    return map_tensors(data, move)
+    Example:
+        >>> move_to_device({"x": torch.ones(2)}, torch.device("cpu"))["x"].device
+        device(type='cpu')
+    """
+
+    def move(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return value.to(device, non_blocking=value.is_pinned())
+        # Only the device: a user's own `to` need not accept non_blocking.
+        return value.to(device)
+
+    return map_leaves(data, move, _is_movable)
 
 
 def numbers_to_tensors(data: Any, device: torch.device) -> Any:
@@ -70,6 +80,13 @@ def numbers_to_tensors(data: Any, device: torch.device) -> Any:
 
 def _is_tensor(value: Any) -> bool:
     return isinstance(value, torch.Tensor)
+
+
+def _is_movable(value: Any) -> bool:
+    # A class has its methods as attributes too: only instances are moved.
+    return isinstance(value, torch.Tensor) or (
+        not isinstance(value, type) and callable(getattr(value, "to", None))
+    )
 
 
 def _is_number(value: Any) -> bool:

@@ -182,3 +182,79 @@ def test_skip_decision_is_shared_across_ranks() -> None:
 def test_verbose_must_be_a_bool() -> None:
     with pytest.raises(TypeError, match=r"LossGuard\(verbose='x'\) must be True or False"):
         LossGuard(verbose="x")  # type: ignore[arg-type]
+
+
+def test_two_optimizers_after_one_backward_count_one_skip_each() -> None:
+    # A GAN-like loop: both optimizers step after one backward. The second optimizer's hook must neither
+    # reset the count of skips in a row nor count the same skipped backward again.
+    guard = LossGuard(action="skip", max_consecutive_skips=3, verbose=False)
+    fabric = Fabric(accelerator="cpu", callbacks=[guard])
+    generator, discriminator = nn.Linear(4, 4), nn.Linear(4, 1)
+    gen_opt = torch.optim.SGD(generator.parameters(), lr=0.1)
+    disc_opt = torch.optim.SGD(discriminator.parameters(), lr=0.1)
+    generator, gen_opt = fabric.setup(generator, gen_opt)
+    discriminator, disc_opt = fabric.setup(discriminator, disc_opt)
+    before = [p.detach().clone() for p in [*generator.parameters(), *discriminator.parameters()]]
+    iterations = 0
+    for _ in range(10):
+        iterations += 1
+        fabric.backward(discriminator(generator(torch.ones(2, 4))).sum() * math.nan)
+        gen_opt.step()
+        disc_opt.step()
+        gen_opt.zero_grad()
+        disc_opt.zero_grad()
+        if guard.should_stop:
+            break
+    assert guard.should_stop
+    assert iterations == 3
+    assert guard.skipped_steps == 3
+    after = [*generator.parameters(), *discriminator.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))  # both optimizers skipped
+
+
+def test_an_unflagged_backward_resets_skips_in_a_row_with_two_optimizers() -> None:
+    guard = LossGuard(action="skip", max_consecutive_skips=2, verbose=False)
+    fabric = Fabric(accelerator="cpu", callbacks=[guard])
+    first, second = nn.Linear(2, 1), nn.Linear(2, 1)
+    opt_a = torch.optim.SGD(first.parameters(), lr=0.1)
+    opt_b = torch.optim.SGD(second.parameters(), lr=0.1)
+    first, opt_a = fabric.setup(first, opt_a)
+    second, opt_b = fabric.setup(second, opt_b)
+    for scale in [math.nan, 1.0, math.nan, 1.0, math.nan]:
+        fabric.backward((first(torch.ones(1, 2)) + second(torch.ones(1, 2))).sum() * scale)
+        opt_a.step()
+        opt_b.step()
+        opt_a.zero_grad()
+        opt_b.zero_grad()
+    assert guard.skipped_steps == 3
+    assert not guard.should_stop
+
+
+class ConstantLoss(nn.Module):
+    """Every training batch's loss is exactly 1.0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(1))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return (self.weight * 0 + 1.0).sum()
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_trainer_short_last_accumulation_group_is_not_a_spike() -> None:
+    # 9 batches in groups of 4, 4, 1: the Trainer passes 0.25 to backward for a full group and 1.0 for the
+    # last one; the guard must judge the loss training_step returned (always 1.0).
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from tests.callbacks.tiny_trainer import trainer_class
+
+    guard = LossGuard(action="skip", spike_factor=3.0, min_history=2, max_consecutive_skips=None)
+    trainer = trainer_class()(
+        accelerator="cpu", max_epochs=2, grad_accum_steps=4, callbacks=[guard], enable_progress_bar=False
+    )
+    trainer.fit(ConstantLoss(), DataLoader(TensorDataset(torch.zeros(9, 1)), batch_size=1))
+    assert guard.skipped_steps == 0
+    assert trainer.global_step == 6

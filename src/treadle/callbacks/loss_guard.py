@@ -25,7 +25,9 @@ class LossGuard(Callback):
     A loss is a spike when it exceeds ``spike_factor`` times the mean of the last ``window`` accepted
     losses, once at least ``min_history`` of them were seen and only while that mean is positive (the
     test assumes positive losses, as cross-entropy and MSE are). Flagged losses do not enter the history.
-    All of this is computed on the loss's device, without reading the loss back.
+    All of this is computed on the loss's device, without reading the loss back. In the Trainer with
+    ``grad_accum_steps``, the guard undoes the Trainer's division of each loss by its accumulation group's
+    size, so it judges the loss ``training_step`` returned and an epoch's short last group is not a spike.
 
     ``action="stop"``: the flag is copied to the host without waiting, and read once the device has
     produced it (on CPU at once, on CUDA usually a step or two later), so the guard adds no
@@ -40,7 +42,9 @@ class LossGuard(Callback):
     learning-rate scheduler and the Trainer's step counter still advance. With gradient accumulation, a
     flagged micro-batch discards its whole accumulation group. The gradients are set to None (an optimizer
     skips parameters without a gradient); under float16 mixed precision with a grad scaler they are filled
-    with NaN instead, so the scaler skips the step (and, as for any overflow, lowers its scale). After
+    with NaN instead, so the scaler skips the step (and, as for any overflow, lowers its scale). A skipped
+    step is one backward (or accumulation group) whose optimizer steps were skipped: with several optimizers
+    stepping after one backward (e.g. a GAN's generator and discriminator) it counts once. After
     ``max_consecutive_skips`` skipped steps in a row the guard stops training as with ``"stop"``, since the
     run is not recovering. With several processes the decision is reduced across them (any rank's flagged
     loss skips the step on every rank), so the replicas stay identical.
@@ -128,7 +132,10 @@ class LossGuard(Callback):
         self._pending: deque[tuple[int, torch.Tensor, Any]] = (
             deque()
         )  # "stop": flags on their way to the host
-        self._skip_pending = False
+        self._skip_pending = False  # the current backward group is flagged: its optimizer steps are skipped
+        self._skip_counted = False  # the current group's skip was counted (once, however many optimizers)
+        self._stepped = False  # an optimizer stepped since the last backward: the next one starts a new group
+        self._loss_scale = 1.0  # what the Trainer divided this batch's loss by (its accumulation group size)
         self._last_reason: str | None = None
         self._modules: list[Any] = []
 
@@ -145,11 +152,23 @@ class LossGuard(Callback):
     def on_train_start(self, trainer: Any = None) -> None:
         self._trainer = trainer
 
+    def on_train_batch_start(self, trainer: Any = None, batch_idx: int | None = None) -> None:
+        if trainer is None or batch_idx is None:
+            return
+        self._trainer = trainer
+        # The Trainer passes loss / group to backward, the group being the batch's accumulation group (an
+        # epoch's last one may be short). Judged scaled, a short group's loss looks `accum` times too large.
+        accum, total = int(trainer.grad_accum_steps), trainer.num_training_batches
+        self._loss_scale = float(min(accum, total - (batch_idx - batch_idx % accum)))
+
     def on_before_backward(self, loss: Any = None) -> None:
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             return
         self._losses += 1
-        report = self._inspect(loss.detach().reshape(()).float())
+        loss = loss.detach().reshape(()).float()
+        if self._loss_scale != 1.0:
+            loss = loss * self._loss_scale
+        report = self._inspect(loss)
         if self.action == "skip":
             self._pending.append((self._losses, report, None))
             return
@@ -164,7 +183,11 @@ class LossGuard(Callback):
         self._read_stop_flags()
 
     def on_after_backward(self) -> None:
-        if self.action != "skip" or not self._pending:
+        if self.action != "skip":
+            return
+        if self._stepped:  # the first backward after an optimizer step begins the next group
+            self._stepped = self._skip_pending = self._skip_counted = False
+        if not self._pending:
             return
         index, report, _ = self._pending.popleft()
         self._pending.clear()
@@ -185,12 +208,18 @@ class LossGuard(Callback):
         self._discard_gradients()
 
     def on_before_optimizer_step(self, optimizer: Any = None) -> None:
+        # The flag stays up until the next backward: every optimizer stepping after the flagged backward
+        # (several in a GAN) must skip, and the skip counts once, or each unflagged optimizer's hook
+        # would reset the count of skips in a row.
+        self._stepped = True
         if not self._skip_pending:
             self._consecutive_skips = 0
             return
-        self._skip_pending = False
         # Gradients of micro-batches after the flagged one were accumulated afresh: discard them too.
         self._discard_gradients(optimizer)
+        if self._skip_counted:
+            return
+        self._skip_counted = True
         self.skipped_steps += 1
         self._consecutive_skips += 1
         limit = self.max_consecutive_skips
@@ -198,6 +227,7 @@ class LossGuard(Callback):
             self._stop(f"{self._consecutive_skips} steps in a row were skipped (last: {self._last_reason})")
 
     def on_train_batch_end(self, trainer: Any = None) -> None:
+        self._loss_scale = 1.0
         if trainer is not None:
             self._trainer = trainer
         if self.action == "stop":

@@ -402,6 +402,26 @@ def test_fabric_hooks_receive_fabric_and_hook_arguments() -> None:
         pass
 
 
+def test_optimizer_step_hooks_receive_the_strategy_as_lightning_callbacks_declare_it() -> None:
+    seen: list[tuple[str, Any, Any]] = []
+
+    class LightningStyle:
+        def on_before_optimizer_step(self, strategy: Any, optimizer: Any) -> None:
+            seen.append(("before", strategy, optimizer))
+
+        def on_after_optimizer_step(self, strategy: Any, optimizer: Any) -> None:
+            seen.append(("after", strategy, optimizer))
+
+    fabric = Fabric(accelerator="cpu", callbacks=[LightningStyle()])
+    model = make_model()
+    model, optimizer = fabric.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    optimizer.step()
+    assert seen == [
+        ("before", fabric.strategy, optimizer.optimizer),
+        ("after", fabric.strategy, optimizer.optimizer),
+    ]
+
+
 def test_all_reduce_takes_numbers_nested_and_reduce_ops() -> None:
     fabric = Fabric(accelerator="cpu")
     out = fabric.all_reduce({"n": 3, "xs": [1.5, torch.tensor(2.0)]}, None, "sum")

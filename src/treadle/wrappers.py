@@ -184,6 +184,9 @@ class FabricModule(nn.Module):
 class FabricOptimizer(torch.optim.Optimizer):
     """A set-up optimizer. ``step`` fires the step hooks and goes through the grad scaler, if any.
 
+    ``on_before_optimizer_step`` and ``on_after_optimizer_step`` receive ``optimizer=`` (the wrapped one) and
+    ``strategy=`` (Fabric's Strategy), besides Fabric's hook arguments.
+
     It is an ``Optimizer`` (isinstance holds) without copying one: param groups, state and every other
     attribute are the wrapped optimizer's own.
     """
@@ -236,7 +239,8 @@ class FabricOptimizer(torch.optim.Optimizer):
         state = self.__dict__
         plans = state["_plans"]
         optimizer = state["_optimizer"]
-        hook_kwargs = {"optimizer": optimizer, **state["_hook_arguments"]}  # one dict for both hooks
+        # One dict for both hooks; `strategy=` as Lightning callbacks declare it.
+        hook_kwargs = {"optimizer": optimizer, "strategy": state["_strategy"], **state["_hook_arguments"]}
         plans["on_before_optimizer_step"]((), hook_kwargs)
         if closure is not None:
             output = state["_strategy"].optimizer_step(optimizer, closure=closure)

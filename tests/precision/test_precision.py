@@ -85,3 +85,33 @@ def test_precision_classes_refuse_dtypes_they_do_not_implement() -> None:
     with pytest.raises(ValueError, match=r"TruePrecision\(dtype=torch.float32\).*Precision\(\)"):
         TruePrecision(torch.float32)
     assert TruePrecision(torch.bfloat16).name == "bf16-true"
+
+
+class _WithPositions(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(x.shape[-1]) / 4.0  # created in forward: follows the default dtype
+        return self.lin(x + positions)
+
+
+@pytest.mark.parametrize("name", ["bf16-true", "64-true", "16-true"])
+def test_true_precision_sets_the_default_dtype_while_forward_runs(name: str) -> None:
+    from treadle import Fabric
+
+    fabric = Fabric(accelerator="cpu", devices=1, precision=name)
+    model = fabric.setup(_WithPositions())
+    dtype = model.module.lin.weight.dtype
+    if (
+        name == "16-true"
+    ):  # float16 matmul is not implemented on every CPU build of torch: check the context only
+        with fabric.autocast():
+            assert torch.get_default_dtype() == dtype
+    else:
+        out = model(torch.randn(2, 4))
+        assert out.dtype == torch.float32  # outputs still come back in the default dtype outside forward
+        with fabric.autocast():
+            assert torch.zeros(1).dtype == dtype
+    assert torch.get_default_dtype() == torch.float32

@@ -16,7 +16,8 @@ _NAMES = {torch.float64: "64-true", torch.float16: "16-true", torch.bfloat16: "b
 
 
 class TruePrecision(Precision):
-    """Everything in ``dtype``: the module is cast at setup, floating inputs are cast at each forward.
+    """Everything in ``dtype``: the module is cast at setup, floating inputs are cast at each forward, and
+    ``dtype`` is torch's default dtype while forward runs (and inside ``fabric.autocast()``).
 
     Args:
         dtype: ``torch.float64``, ``torch.float16`` or ``torch.bfloat16`` (``"32-true"`` is the base
@@ -51,6 +52,12 @@ class TruePrecision(Precision):
             yield
         finally:
             torch.set_default_dtype(previous)
+
+    def forward_context(self) -> contextlib.AbstractContextManager[Any]:
+        # Tensors the forward creates itself (masks, positional encodings, torch.zeros(n)) follow the default
+        # dtype; left at float32 they would meet bf16 weights and fail. Restored when forward returns, so the
+        # loss and everything outside the model stay in float32.
+        return self.tensor_init_context()
 
     def convert_input(self, data: Any) -> Any:
         return map_tensors(data, self._cast)

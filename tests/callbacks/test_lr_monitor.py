@@ -114,3 +114,24 @@ def test_trainer_step_interval_sees_every_step() -> None:
     trainer = fit_tiny(callbacks=[Spy()])
     assert len(seen) == trainer.global_step
     assert trainer.callback_metrics["lr-SGD"] == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("interval", ["step", "epoch"])
+def test_a_second_fit_of_one_trainer_logs_only_its_own_optimizer(interval: str) -> None:
+    from tests.callbacks.tiny_trainer import loaders, trainer_class
+
+    logged: list[dict[str, float]] = []
+
+    class Spy(LearningRateMonitor):
+        def _log(self, optimizers: Any, step: int | None) -> None:
+            super()._log(optimizers, step)
+            logged.append(dict(self.last_logged))
+
+    monitor = Spy(interval)  # type: ignore[arg-type]
+    trainer = trainer_class()(accelerator="cpu", max_epochs=2, callbacks=[monitor], enable_progress_bar=False)
+    train, _ = loaders()
+    trainer.fit(TinyRegression(lr=0.1), train)
+    logged.clear()
+    trainer.fit(TinyRegression(lr=0.01), train)  # configure_optimizers makes a new SGD
+    assert logged
+    assert all(values == {"lr-SGD": pytest.approx(0.01)} for values in logged)

@@ -21,7 +21,9 @@ class LearningRateMonitor(Callback):
 
     Names: ``lr-<OptimizerClass>`` for the first parameter group, ``lr-<OptimizerClass>/pg<i>`` for group
     ``i`` (or ``lr-<OptimizerClass>/<name>`` when the group has a ``"name"`` key). A second optimizer of
-    the same class is ``lr-<OptimizerClass>-1``, a third ``-2``, in the order they are first seen. With
+    the same class is ``lr-<OptimizerClass>-1``, a third ``-2``, in the order they are first seen. Each
+    ``on_fit_start`` (every ``Trainer.fit``) starts afresh, so a second fit's optimizers take the same names
+    and the first fit's are no longer logged. With
     ``log_momentum``, ``momentum-...`` names carry ``momentum`` (SGD, RMSprop) or ``betas[0]`` (Adam family).
 
     With ``logging_interval="step"`` the rates are logged just before each optimizer step, so each value
@@ -77,6 +79,11 @@ class LearningRateMonitor(Callback):
             self._fabric = fabric
 
     def on_fit_start(self, trainer: Any = None, fabric: Any = None) -> None:
+        # A new fit (even by the same Trainer) brings new optimizers: forget the old ones, so the new ones
+        # get the first names again and the dead ones are not logged at the next epoch start.
+        self._optimizers, self._names, self._steps = [], {}, {}
+        self._epoch_pending = False
+        self._trainer = None
         self._attach(trainer, fabric)
 
     def on_train_start(self, trainer: Any = None, fabric: Any = None) -> None:

@@ -174,3 +174,29 @@ def test_flags_must_be_bools(flag: str) -> None:
     # Regression: EarlyStopping(check_finite="no") silently turned the check on.
     with pytest.raises(TypeError, match=rf"EarlyStopping\({flag}='no'\) must be True or False"):
         EarlyStopping("val_loss", **{flag: "no"})
+
+
+def test_trainer_validate_outside_fit_is_not_a_check() -> None:
+    from tests.callbacks.tiny_trainer import loaders, trainer_class
+
+    early_stopping = EarlyStopping("val_loss", patience=2, verbose=False)
+    trainer = trainer_class()(
+        accelerator="cpu", max_epochs=3, callbacks=[early_stopping], enable_progress_bar=False
+    )
+    model = TinyRegression()
+    train, val = loaders()
+    for _ in range(3):  # baseline evaluations: the same model, so no improvement after the first
+        trainer.validate(model, val)
+    assert early_stopping.best_score is None
+    assert early_stopping.wait_count == 0
+    assert not early_stopping.should_stop and not trainer.should_stop
+    trainer.fit(model, train, val)
+    assert early_stopping.best_score is not None  # validation inside fit is checked
+    after_fit = early_stopping.state_dict()
+    trainer.validate(model, val)
+    assert early_stopping.state_dict() == after_fit
+
+
+def test_a_plain_fabric_loop_without_on_fit_start_still_checks() -> None:
+    early_stopping = EarlyStopping("val_loss", patience=2, verbose=False)
+    assert run_fabric_loop(early_stopping, [1.0, 1.0, 1.0, 1.0]) == 3

@@ -25,7 +25,9 @@ class EarlyStopping(Callback):
     training epoch with ``check_on_train_epoch_end=True`` (for metrics logged during training; in the
     Trainer, an epoch cut short by ``max_steps``, a stop request or SIGTERM is not checked). A value
     improves when it beats the best so far by more than ``min_delta`` (lower for ``mode="min"``, higher
-    for ``"max"``). With ``check_finite``, a NaN or infinite value stops training at once.
+    for ``"max"``). With ``check_finite``, a NaN or infinite value stops training at once. In the Trainer,
+    only validation inside ``fit`` is checked: ``trainer.validate()`` (e.g. a baseline before training)
+    neither spends patience nor sets ``should_stop``.
 
     In the Trainer the value comes from ``trainer.callback_metrics`` and the stop goes through
     ``trainer.request_stop(reason)``, which the Trainer reduces across ranks so every rank stops at the
@@ -109,6 +111,7 @@ class EarlyStopping(Callback):
         self.stopping_reason: str | None = None
         self._fabric: Any = None
         self._warned_missing = False
+        self._in_fit = False  # between the Trainer's on_fit_start and on_fit_end (or on_exception)
 
     @property
     def state_key(self) -> str:
@@ -120,6 +123,15 @@ class EarlyStopping(Callback):
     def on_after_setup(self, fabric: Any = None) -> None:
         if fabric is not None:
             self._fabric = fabric
+
+    def on_fit_start(self) -> None:
+        self._in_fit = True
+
+    def on_fit_end(self) -> None:
+        self._in_fit = False
+
+    def on_exception(self) -> None:
+        self._in_fit = False
 
     def on_validation_end(
         self, metrics: Mapping[str, Any] | None = None, trainer: Any = None, fabric: Any = None
@@ -163,6 +175,9 @@ class EarlyStopping(Callback):
         return value > best + self.min_delta
 
     def _check(self, metrics: Mapping[str, Any] | None, trainer: Any, fabric: Any) -> None:
+        if trainer is not None and not self._in_fit:
+            # trainer.validate(): evaluating is not training, so it must not decide when a later fit stops.
+            return
         if trainer is not None:
             metrics = trainer.callback_metrics
             fabric = trainer.fabric

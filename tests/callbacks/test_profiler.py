@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.callbacks.tiny_trainer import fit_tiny
+from tests.callbacks.tiny_trainer import TinyRegression, fit_tiny
 from treadle import Fabric
 from treadle.callbacks.profiler import BACKWARD, BATCH, DATA, EPOCH, FORWARD, OPTIMIZER, VALIDATION, Profiler
 from treadle.callbacks.timer import IterationTimer
@@ -140,3 +140,25 @@ def test_report_and_trace_are_written_through_atomic_open(
     profiler.report()
     assert set(written) == {"profile.txt", "trace.json"}
     assert {path.name for path in (tmp_path / "out").iterdir()} == {"profile.txt", "trace.json"}
+
+
+class FailsAtBatch(TinyRegression):
+    def __init__(self, bad_batch: int) -> None:
+        super().__init__()
+        self.bad_batch = bad_batch
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        if batch_idx == self.bad_batch:
+            raise KeyboardInterrupt  # as when a notebook user interrupts training
+        return super().training_step(batch, batch_idx)
+
+
+def test_an_exception_in_fit_stops_the_torch_profiler(tmp_path: Path) -> None:
+    profiler = Profiler(
+        output=tmp_path / "profile.txt", trace=True, trace_wait=1, trace_warmup=1, trace_active=3
+    )
+    with pytest.raises(KeyboardInterrupt):
+        fit_tiny(callbacks=[profiler], model=FailsAtBatch(bad_batch=3), max_epochs=1)  # fails while recording
+    assert not torch.autograd._profiler_enabled()
+    assert profiler.trace_path is None and not (tmp_path / "trace.json").exists()
+    profiler.on_exception()  # nothing running: a no-op

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from tests.callbacks.tiny_trainer import fit_tiny
+from tests.callbacks.tiny_trainer import TinyRegression, fit_tiny
 from treadle import Fabric
 from treadle.callbacks.throughput import ThroughputMonitor, peak_flops_for
 
@@ -132,3 +132,46 @@ def test_trainer_logs_throughput_to_callback_metrics() -> None:
 def test_flags_must_be_bools(flag: str) -> None:
     with pytest.raises(TypeError, match=rf"ThroughputMonitor\({flag}='x'\) must be True or False"):
         ThroughputMonitor(**{flag: "x"})
+
+
+class FailsAtBatch(TinyRegression):
+    def __init__(self, bad_batch: int) -> None:
+        super().__init__()
+        self.bad_batch = bad_batch
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        if batch_idx == self.bad_batch:
+            raise KeyboardInterrupt  # as when a notebook user interrupts training
+        return super().training_step(batch, batch_idx)
+
+
+def test_an_exception_in_fit_takes_the_flop_counter_off_the_dispatch_stack() -> None:
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+    monitor = ThroughputMonitor()
+    with pytest.raises(KeyboardInterrupt):
+        fit_tiny(callbacks=[monitor], model=FailsAtBatch(bad_batch=0))  # fails while FLOPs are counted
+    assert _get_current_dispatch_mode_stack() == []
+    monitor.on_exception()  # nothing running: a no-op
+
+
+def test_batches_per_sec_is_per_rank_samples_per_sec_all_ranks() -> None:
+    class TwoRanks:
+        world_size = 2
+        is_global_zero = True
+        device = torch.device("cpu")
+
+        def log_dict(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+            pass
+
+    monitor = ThroughputMonitor(every_n_steps=3, measure_flops=False)
+    fabric = TwoRanks()
+    for _ in range(4):
+        monitor.on_train_batch_end(batch=torch.zeros(8, 3), fabric=fabric)
+    metrics = monitor.last_metrics
+    # Each rank ran 3 batches of 8 in the window: the run saw 2 x 3 x 8 samples but 3 steps.
+    assert metrics["throughput/samples_per_sec"] == pytest.approx(
+        2 * 8 * metrics["throughput/batches_per_sec"]
+    )
+    assert ThroughputMonitor.__doc__ is not None
+    assert "``throughput/batches_per_sec`` (this rank's batches" in ThroughputMonitor.__doc__

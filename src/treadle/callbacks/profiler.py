@@ -234,6 +234,16 @@ class Profiler(Callback):
         self._in_fit = False
         self.report()
 
+    def on_exception(self) -> None:
+        # torch.profiler records every operation of the process until it is stopped: a failed fit must not
+        # leave it running. The unfinished trace window is dropped rather than exported while failing.
+        profiler, self._torch_profiler = self._torch_profiler, None
+        if profiler is not None:
+            profiler.on_trace_ready = None
+            profiler.__exit__(None, None, None)
+        self._in_fit = False
+        self._open.clear()
+
     # --- the report --------------------------------------------------------------------------------------
     def report(self, path: str | os.PathLike[str] | None = None) -> str:
         """Print the table of loop sections and callback hooks, write it to ``path`` (default: ``output``,

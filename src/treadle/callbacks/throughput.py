@@ -74,9 +74,10 @@ class ThroughputMonitor(Callback):
     or the dense peak for the precision's dtype from a table of datacenter GPUs (H100, H200, A100, L40S, L4,
     A10, V100); without either, MFU is not logged.
 
-    Metric names: ``throughput/batches_per_sec``, ``throughput/samples_per_sec`` and
-    ``throughput/tokens_per_sec`` (all ranks together, assuming every rank's batches are alike),
-    ``throughput/tflops_per_device`` and ``throughput/mfu``. In the Trainer they go to ``trainer.log_dict``;
+    Metric names: ``throughput/batches_per_sec`` (this rank's batches; every rank runs as many, so it is
+    also the run's rate of training steps), ``throughput/samples_per_sec`` and ``throughput/tokens_per_sec``
+    (all ranks together: this rank's count times the world size, assuming every rank's batches are alike),
+    ``throughput/tflops_per_device`` and ``throughput/mfu`` (per device). In the Trainer they go to ``trainer.log_dict``;
     in a Fabric-only loop to ``fabric.log_dict`` (with the batch count as the step); the latest are in
     ``monitor.last_metrics``.
 
@@ -193,6 +194,14 @@ class ThroughputMonitor(Callback):
     def on_train_end(self) -> None:
         if self._counter is not None:
             self._stop_counting()
+
+    def on_exception(self) -> None:
+        # FlopCounterMode sits on torch's dispatch stack for the whole process: left there after a failed
+        # fit, it would count (and slow) every operation that follows, e.g. in the rest of a notebook.
+        counter, self._counter = self._counter, None
+        if counter is not None:
+            counter.__exit__(None, None, None)
+        self._window_start = None
 
     # --- internals ---------------------------------------------------------------------------------------
     def _wants_flops(self) -> bool:

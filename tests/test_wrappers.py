@@ -297,3 +297,111 @@ def test_a_distributed_sampler_inside_a_batch_sampler_reshuffles() -> None:
     first, second = ([batch.tolist() for batch in loader] for _ in range(2))
     assert first != second
     assert sampler.epoch == 1
+
+
+class Headed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self._temperature = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.lin(x) / self._temperature
+        head = getattr(self, "head", None)
+        return out if head is None else head(out)
+
+    def generate(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x) * 0
+
+
+def test_attributes_set_on_the_set_up_model_reach_the_users_module() -> None:
+    original = Headed()
+    model = Fabric(accelerator="cpu").setup_module(original)
+    model.head = nn.Linear(4, 2)  # a new submodule after setup: forward uses it, and it is saved
+    assert original.head is model.head
+    assert model(torch.randn(3, 4)).shape == (3, 2)
+    assert "head.weight" in model.state_dict()
+    assert any(parameter is original.head.weight for parameter in model.parameters())
+    x = torch.randn(3, 4)
+    model._temperature = 2.0  # a private attribute the user's module has: forward reads the new value
+    assert original._temperature == 2.0
+    torch.testing.assert_close(model(x), original.head(original.lin(x) / 2.0))
+    model._cache = {}  # a new private name goes to the user's module too
+    assert original._cache == {} and "_cache" not in model.__dict__
+
+
+def test_the_wrappers_own_state_stays_on_the_wrapper() -> None:
+    original = Headed()
+    model = Fabric(accelerator="cpu").setup_module(original)
+    model.eval()
+    assert not model.training and not original.training and not original.lin.training
+    model.train()
+    assert model.training and original.lin.training
+    model.to(torch.float64)
+    assert original.lin.weight.dtype == torch.float64 and model.dtype == torch.float64
+    model.register_buffer("flag", torch.ones(1))
+    assert "flag" in model._buffers and torch.equal(model.flag, torch.ones(1))
+    model.flag = torch.zeros(1)  # registered on the wrapper, so set there
+    assert torch.equal(model._buffers["flag"], torch.zeros(1)) and not hasattr(original, "flag")
+    model.register_forward_pre_hook(lambda module, args: None)
+    assert len(model._forward_pre_hooks) == 1 and not original._forward_pre_hooks
+
+
+def test_device_and_dtype_read_the_users_module() -> None:
+    fabric = Fabric(accelerator="cpu")
+    model = fabric.setup_module(nn.Linear(2, 2).to(torch.float64))
+    assert model.device == torch.device("cpu") and model.dtype == torch.float64
+    buffers_only = nn.Module()
+    buffers_only.register_buffer("steps", torch.zeros(1, dtype=torch.long))
+    buffers_only.register_buffer("table", torch.zeros(2, dtype=torch.float16))
+    model = fabric.setup_module(buffers_only)
+    assert model.device == torch.device("cpu") and model.dtype == torch.float16
+    model = fabric.setup_module(nn.ReLU())  # neither: the documented defaults
+    assert model.device == torch.device("cpu") and model.dtype == torch.get_default_dtype()
+
+    class OwnDevice(nn.Linear):
+        device = torch.device("meta")  # a module that says where it is (as Hugging Face models do) wins
+
+    assert fabric.setup_module(OwnDevice(2, 2)).device == torch.device("meta")
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_a_marked_method_runs_through_the_set_up_forward(precision: str) -> None:
+    fabric = Fabric(accelerator="cpu", precision=precision)
+    original = Headed()
+    model = fabric.setup_module(original)
+    seen: list[int] = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(1))
+    model.mark_forward_method("generate")
+    model.mark_forward_method(original.generate)  # the bound method is accepted too
+    out = model.generate(torch.randn(2, 4))
+    assert seen == [1]  # generate went through the set-up model's __call__ (its self(x) is the original's)
+    assert torch.equal(out, torch.zeros(2, 4, dtype=out.dtype))
+
+
+def test_methods_are_not_redirected_without_marking_when_nothing_acts_in_forward() -> None:
+    model = Fabric(accelerator="cpu").setup_module(Headed())
+    seen: list[int] = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(1))
+    model.generate(torch.randn(2, 4))
+    assert seen == []
+
+
+@pytest.mark.parametrize(
+    ("method", "error", "message"),
+    [
+        ("genrate", ValueError, "method='genrate'.*Headed has no method 'genrate'"),
+        ("lin", ValueError, "method='lin'.*Headed.lin is a Linear, not a method"),
+        ("_temperature", ValueError, "Headed._temperature is a float, not a method"),
+        ("forward", ValueError, "'forward' is forward itself"),
+        ("train", ValueError, "'train' is nn.Module's own method"),
+        (nn.Linear(2, 2).forward, TypeError, "takes the name of a method of the set-up Headed"),
+        (3, TypeError, "method=3"),
+    ],
+)
+def test_mark_forward_method_rejects_what_is_not_a_custom_method(
+    method: Any, error: type, message: str
+) -> None:
+    model = Fabric(accelerator="cpu").setup_module(Headed())
+    with pytest.raises(error, match=message):
+        model.mark_forward_method(method)

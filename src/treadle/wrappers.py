@@ -46,6 +46,9 @@ class FabricModule(nn.Module):
     """A set-up module: forward runs under the precision; attributes and state dicts are the original's.
 
     ``forward_module`` is what runs (possibly DDP/compiled); ``original_module`` is the user's module.
+    Reading an attribute the wrapper lacks reads the user's module; setting one the wrapper does not own
+    (its own internals, nn.Module's bookkeeping such as ``training``, names defined on this class) sets it
+    on the user's module, so ``model.head = nn.Linear(...)`` after setup is seen by forward and saved.
     """
 
     def __init__(self, forward_module: nn.Module, original_module: nn.Module, precision: Precision) -> None:
@@ -67,12 +70,92 @@ class FabricModule(nn.Module):
         # Methods other than forward must run through forward when something acts there (DDP's gradient
         # hooks, FSDP's unsharding, autocast); otherwise `model.training_step(...)` would silently skip it.
         object.__setattr__(self, "_redirect_methods", forward_module is not original_module or not plain)
+        # Names given to mark_forward_method: redirected like the above even when nothing acts in forward.
+        object.__setattr__(self, "_forward_methods", set())
 
     @property
     def module(self) -> nn.Module:
         """The user's module as it was passed to ``setup`` (unwrapped from torch.compile)."""
         module: nn.Module = unwrap_compiled(self._original_module)
         return module
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the user's module: its own ``device`` attribute if it has one, else where its first
+        parameter (or, lacking parameters, its first buffer) lies; CPU for a module without either."""
+        module = self.module
+        own = getattr(module, "device", None)
+        if own is not None:
+            return own  # type: ignore[no-any-return]
+        for tensor in _tensors(module):
+            return tensor.device
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the user's module: its own ``dtype`` attribute if it has one, else that of its first
+        floating-point parameter (or, lacking one, floating-point buffer); ``torch.get_default_dtype()``
+        for a module without either."""
+        module = self.module
+        own = getattr(module, "dtype", None)
+        if own is not None:
+            return own  # type: ignore[no-any-return]
+        for tensor in _tensors(module):
+            if tensor.is_floating_point():
+                return tensor.dtype
+        return torch.get_default_dtype()
+
+    def mark_forward_method(self, method: str | Callable[..., Any]) -> None:
+        """Run a method of the user's module other than ``forward`` through the set-up model's forward.
+
+        Calling ``model.generate(...)`` then runs inside the wrapper's ``__call__``: under the precision,
+        through DDP/FSDP and past hooks registered on the set-up model. treadle already does this for every
+        method of the user's module whenever something acts in forward (DDP, FSDP, an autocast precision),
+        so there marking changes nothing; it is accepted for code ported from Lightning Fabric and makes
+        the redirection explicit for setups where nothing acts yet.
+
+        Args:
+            method: the method's name, or the method itself bound to the user's module
+                (``model.module.generate``).
+
+        Raises:
+            TypeError: ``method`` is neither a name nor a method bound to the user's module.
+            ValueError: the module has no such method, or it is ``forward`` or one of nn.Module's own.
+
+        Example::
+
+            model = fabric.setup(model)
+            model.mark_forward_method("generate")
+            tokens = model.generate(prompt)
+        """
+        module = self.module
+        if isinstance(method, str):
+            name = method
+        elif inspect.ismethod(method) and method.__self__ is module:
+            name = method.__name__
+        else:
+            raise TypeError(
+                f"FabricModule.mark_forward_method(method={method!r}) takes the name of a method of the "
+                f"set-up {type(module).__name__}, or that method bound to it (model.module.<name>)."
+            )
+        if name == "forward" or hasattr(nn.Module, name):
+            raise ValueError(
+                f"FabricModule.mark_forward_method(method={method!r}): {name!r} is "
+                + ("forward itself" if name == "forward" else "nn.Module's own method")
+                + ", not one to run through forward. Pass a custom method of your module, e.g. 'generate'."
+            )
+        attribute = getattr(module, name, None)
+        if not (inspect.ismethod(attribute) and attribute.__self__ is module):
+            found = (
+                f"{type(module).__name__} has no method {name!r}"
+                if attribute is None
+                else f"{type(module).__name__}.{name} is a {type(attribute).__name__}, not a method"
+            )
+            raise ValueError(
+                f"FabricModule.mark_forward_method(method={method!r}): {found}. "
+                "Pass the name of a method defined on your module's class."
+            )
+        self.__dict__["_forward_methods"].add(name)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # nn.Module.__call__ spends about a microsecond per step (two frames and its hook checks) before it
@@ -129,8 +212,10 @@ class FabricModule(nn.Module):
         except AttributeError:
             pass
         # Anything the user's module has (submodules, custom methods and attributes) reads straight through.
-        attribute = getattr(self.__dict__["_original_module"], name)
-        if self.__dict__["_redirect_methods"] and self._is_user_method(name, attribute):
+        state = self.__dict__
+        attribute = getattr(state["_original_module"], name)
+        redirect = state["_redirect_methods"] or name in state.get("_forward_methods", ())
+        if redirect and self._is_user_method(name, attribute):
             return self._through_forward(attribute)
         return attribute
 
@@ -168,17 +253,33 @@ class FabricModule(nn.Module):
         return call_through_forward
 
     def __setattr__(self, name: str, value: Any) -> None:
-        original = self.__dict__.get("_original_module")
-        own = name in self.__dict__ or hasattr(type(self), name)
-        if original is not None and not own and not name.startswith("_") and hasattr(original, name):
-            setattr(original, name, value)
+        state = self.__dict__
+        # Until __init__ has stored the user's module everything is the wrapper's own (nn.Module's fields).
+        if "_original_module" in state and not self._owns(name):
+            setattr(self.module, name, value)  # what forward reads, and what state_dict() saves
             return
         if name == "forward":  # a forward of the wrapper's own, which __call__ must now go through
             object.__setattr__(self, "_direct_run", False)
         super().__setattr__(name, value)
 
+    def _owns(self, name: str) -> bool:
+        state = self.__dict__
+        return (
+            name in state
+            or name in state["_modules"]
+            or name in state["_parameters"]
+            or name in state["_buffers"]
+            or hasattr(type(self), name)
+            or name.startswith("__")  # protocol names (copy, pickle) belong to the object they are set on
+        )
+
     def __repr__(self) -> str:
         return f"FabricModule({self.module!r})"
+
+
+def _tensors(module: nn.Module) -> Iterator[torch.Tensor]:
+    yield from module.parameters()
+    yield from module.buffers()
 
 
 class FabricOptimizer(torch.optim.Optimizer):

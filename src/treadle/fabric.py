@@ -225,7 +225,7 @@ class Fabric:
             with fabric.hook_arguments(trainer=self):
                 fabric.backward(loss)  # on_before_backward(loss, fabric, trainer)
         """
-        reserved = {"loss", "optimizer", "module", "fabric"} & kwargs.keys()
+        reserved = {"loss", "optimizer", "module", "fabric", "strategy"} & kwargs.keys()
         if reserved:
             raise ValueError(
                 f"Fabric.hook_arguments() cannot set {sorted(reserved)}: Fabric's hooks pass these themselves."

@@ -387,10 +387,10 @@ class Callback:
         """After `fabric.backward(loss)` has computed gradients; receives no arguments from Fabric."""
 
     def on_before_optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        """Before a wrapped optimizer's `step()` runs; receives ``optimizer``."""
+        """Before a wrapped optimizer's `step()` runs; receives ``optimizer`` and ``strategy``."""
 
     def on_after_optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        """After a wrapped optimizer's `step()`; receives ``optimizer``."""
+        """After a wrapped optimizer's `step()`; receives ``optimizer`` and ``strategy``."""
 
     # Hooks fired by the Trainer (each also receives trainer= and fabric=).
 

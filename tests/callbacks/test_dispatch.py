@@ -825,7 +825,23 @@ def test_accepts_none_one_object_a_list_or_a_tuple() -> None:
     assert CallbackDispatcher().callbacks == ()
     assert CallbackDispatcher(None).callbacks == ()
     assert CallbackDispatcher(one).callbacks == (one,)
-    assert CallbackDispatcher((one, one)).callbacks == (one, one)
+    other = EveryRank()
+    assert CallbackDispatcher((one, other)).callbacks == (one, other)
+
+
+def test_one_callback_object_listed_twice_is_an_error() -> None:
+    one = EveryRank()
+    with pytest.raises(
+        ValueError, match=r"callbacks\[2\] is the same EveryRank object as callbacks\[0\].*List each"
+    ):
+        CallbackDispatcher([one, EveryRank(), one])
+    dispatcher = CallbackDispatcher([one])
+    with pytest.raises(ValueError, match=r"this EveryRank object is already registered \(callbacks\[0\]\)"):
+        dispatcher.add(one)
+    assert dispatcher.callbacks == (one,)
+    dispatcher.remove(one)
+    dispatcher.add(one)  # removed first: fine
+    assert dispatcher.callbacks == (one,)
 
 
 class Shelf(collections.abc.Sequence[object]):

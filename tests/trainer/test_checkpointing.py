@@ -80,6 +80,14 @@ def test_two_stateful_callbacks_with_one_key_are_an_error() -> None:
     trainer(callbacks=[Counter(), Counter("second")])  # distinct keys are fine
 
 
+def test_one_stateful_callback_listed_twice_says_so() -> None:
+    counter = Counter()
+    with pytest.raises(
+        ValueError, match=r"callbacks\[0\] and callbacks\[1\] are the same Counter object, listed twice"
+    ):
+        trainer(callbacks=[counter, counter])
+
+
 def test_resume_restores_callback_state_and_reports_mismatches(tmp_path: Path) -> None:
     path = tmp_path / "a.ckpt"
     _fit_and_save(path, [Counter(), Counter("gone")])

@@ -45,7 +45,8 @@ class CallbackDispatcher:
     Raises:
         TypeError: `callbacks` is a string, dict, set, iterator, class or another value that is not a
             callback.
-        ValueError: `strict_hooks` is true and a callback has an unknown ``on_*`` method.
+        ValueError: one callback object is listed twice (its hooks would run twice), or `strict_hooks` is
+            true and a callback has an unknown ``on_*`` method.
 
     A dispatcher can be pickled and deep-copied (``strategy="ddp_spawn"`` sends it to each new process) when
     its callbacks and wrapper can: the compiled plans are left out and rebuilt on the copy's first calls.
@@ -81,6 +82,14 @@ class CallbackDispatcher:
         self._rebuild_depth = 0
         for position, callback in enumerate(_as_callback_list(callbacks)):
             self._validate(callback, f"callbacks[{position}]" if _is_callback_sequence(callbacks) else "")
+            first = self._position_of(callback)
+            if first is not None:
+                name = type(callback).__name__
+                raise ValueError(
+                    f"callbacks[{position}] is the same {name} object as callbacks[{first}]: every hook would run "
+                    f"on it twice (e.g. a timer would count each batch twice). List each callback object once, "
+                    f"or create a second {name}(...) if you want two."
+                )
             self._callbacks.append(callback)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -118,7 +127,8 @@ class CallbackDispatcher:
 
         Raises:
             TypeError: `callback` is a list or another sequence, a string, dict, class or None.
-            ValueError: `strict_hooks` is true and the callback has an unknown ``on_*`` method.
+            ValueError: `callback` is already registered (the same object), or `strict_hooks` is true and the
+                callback has an unknown ``on_*`` method.
 
         Example:
             >>> dispatcher = CallbackDispatcher()
@@ -130,6 +140,12 @@ class CallbackDispatcher:
                 f"{len(callback)}. Call add() once per callback."
             )
         self._validate(callback, "callback")
+        first = self._position_of(callback)
+        if first is not None:
+            raise ValueError(
+                f"add(callback): this {type(callback).__name__} object is already registered (callbacks[{first}]); "
+                "every hook would run on it twice. Register it once, or remove() it before adding it again."
+            )
         self._callbacks.append(callback)
         self._invalidate()
 
@@ -254,6 +270,13 @@ class CallbackDispatcher:
         except TypeError:
             return self._call_shaped(hook_name, (), kwargs)
         return plan((), kwargs)
+
+    def _position_of(self, callback: object) -> int | None:
+        # By identity: two equal but distinct callbacks (e.g. two dataclass instances) are both wanted.
+        for position, registered in enumerate(self._callbacks):
+            if registered is callback:
+                return position
+        return None
 
     def _validate(self, callback: object, where: str) -> None:
         _check_callback_value(callback, where)

@@ -58,7 +58,8 @@ def stateful_callbacks(callbacks: Iterable[object]) -> dict[str, object]:
     """The callbacks that have ``state_dict`` and ``load_state_dict``, by state key, in order.
 
     Raises:
-        ValueError: two of them have the same key; the message names both and how to tell them apart.
+        ValueError: two of them have the same key (or one object is listed twice); the message names both
+            positions and the fix.
     """
     found: dict[str, tuple[int, object]] = {}
     for position, callback in enumerate(callbacks):
@@ -69,7 +70,12 @@ def stateful_callbacks(callbacks: Iterable[object]) -> dict[str, object]:
             continue
         key = callback_state_key(callback)
         if key in found:
-            first = found[key][0]
+            first, earlier = found[key]
+            if earlier is callback:
+                raise ValueError(
+                    f"Trainer(callbacks=...): callbacks[{first}] and callbacks[{position}] are the same "
+                    f"{type(callback).__name__} object, listed twice: its hooks would run twice on it. List it once."
+                )
             raise ValueError(
                 f"Trainer(callbacks=...): callbacks[{first}] and callbacks[{position}] both store their checkpoint "
                 f"state under the key {key!r}, so one would overwrite the other. Give them distinct "

@@ -18,6 +18,7 @@ from treadle.seed import (
     WorkerSeeder,
     capture_rng_state,
     make_worker_init_fn,
+    requested_seed,
     requested_worker_seed,
     restore_rng_state,
     seed_everything,
@@ -30,6 +31,7 @@ def _keep_global_rngs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     # These tests reseed process-wide generators; give other tests back the state they had.
     python, numpy, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
     monkeypatch.setattr(seed_module, "_worker_seed", None)
+    monkeypatch.setattr(seed_module, "_seed", None)
     yield
     random.setstate(python)
     np.random.set_state(numpy)
@@ -120,6 +122,16 @@ def test_workers_request_is_recorded() -> None:
     assert requested_worker_seed() == 9
     seed_everything(9)
     assert requested_worker_seed() is None
+
+
+def test_the_requested_seed_is_recorded_but_not_a_drawn_one() -> None:
+    assert requested_seed() is None
+    seed_everything(5)
+    assert requested_seed() == 5
+    seed_everything(6, workers=True)
+    assert requested_seed() == 6
+    seed_everything(None)  # each process draws its own: nothing a sampler shared across ranks could use
+    assert requested_seed() is None
 
 
 def test_works_without_numpy(monkeypatch: pytest.MonkeyPatch) -> None:

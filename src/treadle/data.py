@@ -14,7 +14,7 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
-from treadle.seed import WorkerSeeder, make_worker_init_fn, requested_worker_seed
+from treadle.seed import WorkerSeeder, make_worker_init_fn, requested_seed, requested_worker_seed
 
 
 def prepare_dataloader(
@@ -23,7 +23,10 @@ def prepare_dataloader(
     """Return ``loader`` rebuilt with a DistributedSampler when ``sampler_kwargs`` asks for partitioning.
 
     ``sampler_kwargs`` holds ``num_replicas`` and ``rank``; None (one process, or the user opted out) keeps
-    the loader. Shuffling, ``drop_last`` and the batch size are kept.
+    the loader. Shuffling, ``drop_last`` and the batch size are kept, also when they come from a plain
+    ``BatchSampler`` passed as ``batch_sampler=``. The shuffle is seeded with the seed of the latest
+    ``seed_everything(seed)`` call (0 without one; see :func:`treadle.seed.requested_seed`), the same on
+    every rank.
 
     Workers are seeded per rank (unless the loader has its own ``worker_init_fn``) when
     ``seed_everything(workers=True)`` asked for it, or when the data is split across processes, where workers
@@ -32,7 +35,7 @@ def prepare_dataloader(
     seeder = _worker_seeder(loader, global_rank, split=sampler_kwargs is not None)
     if (
         sampler_kwargs is None
-        or isinstance(loader.sampler, DistributedSampler)
+        or isinstance(_index_sampler(loader), DistributedSampler)
         or isinstance(loader.dataset, IterableDataset)
     ):
         # Nothing to split here (an iterable dataset must read its own share, see get_worker_info and the
@@ -42,13 +45,18 @@ def prepare_dataloader(
         return loader
     _check_rebuildable(loader)
     batch_sampler = loader.batch_sampler  # a plain BatchSampler or None: _check_rebuildable made sure
-    shuffle = isinstance(loader.sampler, RandomSampler)
     batch_size: int | None = loader.batch_size
     drop_last = False
     if isinstance(batch_sampler, BatchSampler):
         drop_last, batch_size = batch_sampler.drop_last, batch_sampler.batch_size
+    seed = requested_seed()
     sampler: DistributedSampler[Any] = DistributedSampler(
-        loader.dataset, shuffle=shuffle, drop_last=drop_last, **sampler_kwargs
+        loader.dataset,
+        shuffle=isinstance(_index_sampler(loader), RandomSampler),
+        # The same seed on every rank, or the shuffled shares would overlap; a new seed, a new order.
+        seed=0 if seed is None else seed,
+        drop_last=drop_last,
+        **sampler_kwargs,
     )
     # Arguments that only newer torch releases have are passed only when the loader has them.
     newer = {name: getattr(loader, name) for name in ("in_order",) if hasattr(loader, name)}
@@ -85,12 +93,24 @@ def _check_rebuildable(loader: DataLoader[Any]) -> None:
             "split across processes. Partition the data in your batch sampler and pass "
             "use_distributed_sampler=False to setup_dataloaders."
         )
-    if not isinstance(loader.sampler, (RandomSampler, SequentialSampler)):
+    sampler = _index_sampler(loader)
+    if not isinstance(sampler, (RandomSampler, SequentialSampler)):
+        where = "sampler" if sampler is loader.sampler else "sampler inside its BatchSampler"
         raise TypeError(
-            f"This DataLoader uses a custom sampler ({type(loader.sampler).__name__}), which treadle cannot split "
+            f"This DataLoader uses a custom {where} ({type(sampler).__name__}), which treadle cannot split "
             "across processes. Wrap your sampler's indices per rank yourself and pass "
             "use_distributed_sampler=False to setup_dataloaders."
         )
+
+
+def _index_sampler(loader: DataLoader[Any]) -> object:
+    # The sampler that orders the indices. Given batch_sampler=BatchSampler(...), loader.sampler is a
+    # SequentialSampler the DataLoader made up and never reads: the order (shuffled, weighted, ...) comes
+    # from the sampler inside the batch sampler. With batch_size=, the two are the same object.
+    batch_sampler = loader.batch_sampler
+    if isinstance(batch_sampler, BatchSampler):
+        return batch_sampler.sampler
+    return loader.sampler
 
 
 def _worker_seeder(loader: DataLoader[Any], global_rank: int, split: bool) -> WorkerSeeder | None:

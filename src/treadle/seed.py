@@ -23,6 +23,7 @@ __all__ = [
     "WorkerSeeder",
     "capture_rng_state",
     "make_worker_init_fn",
+    "requested_seed",
     "requested_worker_seed",
     "restore_rng_state",
     "seed_everything",
@@ -37,6 +38,8 @@ _MAX_SEED = 2**32 - 1
 # The seed of the latest seed_everything(workers=True) call, None if the latest call had workers=False.
 # Process-wide like the generators it describes; read through requested_worker_seed().
 _worker_seed: int | None = None
+# The seed passed to the latest seed_everything call, None if it drew its own; read through requested_seed().
+_seed: int | None = None
 
 
 def seed_everything(seed: int | None = None, workers: bool = False) -> int:
@@ -62,14 +65,15 @@ def seed_everything(seed: int | None = None, workers: bool = False) -> int:
         >>> seed_everything(42)
         42
     """
-    global _worker_seed
+    global _seed, _worker_seed
     if not isinstance(workers, bool):
         raise TypeError(f"seed_everything(workers={workers!r}) must be True or False.")
     if seed is None:
+        _seed = None
         seed = secrets.randbelow(_MAX_SEED + 1)
         log.info("seed_everything: no seed given, using seed=%d", seed)
     else:
-        seed = _checked_seed(seed, "seed_everything(seed=...)")
+        seed = _seed = _checked_seed(seed, "seed_everything(seed=...)")
     random.seed(seed)
     numpy = _numpy()
     if numpy is not None:
@@ -78,6 +82,25 @@ def seed_everything(seed: int | None = None, workers: bool = False) -> int:
     torch.manual_seed(seed)
     _worker_seed = seed if workers else None
     return seed
+
+
+def requested_seed() -> int | None:
+    """The seed passed to the latest ``seed_everything`` call in this process.
+
+    ``Fabric.setup_dataloaders`` seeds the shuffle of its ``DistributedSampler`` with it, so each seed
+    gives its own data order. A seed that ``seed_everything(None)`` drew is not reported: each process
+    draws a different one, and samplers seeded differently on each rank would overlap instead of
+    partitioning the data.
+
+    Returns:
+        That seed, or None if the latest call drew a random seed (or none was made).
+
+    Example:
+        >>> _ = seed_everything(7)
+        >>> requested_seed()
+        7
+    """
+    return _seed
 
 
 def requested_worker_seed() -> int | None:

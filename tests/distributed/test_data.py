@@ -6,10 +6,26 @@ from typing import Any
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, Sampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    DistributedSampler,
+    IterableDataset,
+    RandomSampler,
+    Sampler,
+    WeightedRandomSampler,
+)
 
+from treadle import seed as seed_module
 from treadle.data import prepare_dataloader
 from treadle.seed import WorkerSeeder, seed_everything
+
+
+@pytest.fixture(autouse=True)
+def _forget_seeds(monkeypatch: pytest.MonkeyPatch) -> None:
+    # prepare_dataloader reads the seeds recorded by seed_everything: start every test without one.
+    monkeypatch.setattr(seed_module, "_seed", None)
+    monkeypatch.setattr(seed_module, "_worker_seed", None)
 
 
 def indices(loader: DataLoader[Any]) -> list[int]:
@@ -96,3 +112,57 @@ def test_rebuilt_loader_keeps_in_order_and_subclasses_are_refused() -> None:
 
     with pytest.raises(TypeError, match=r"cannot rebuild a MyLoader.*use_distributed_sampler=False"):
         prepare_dataloader(MyLoader(list(range(4))), {"num_replicas": 2, "rank": 0}, 0)
+
+
+def test_seed_everything_chooses_the_distributed_shuffle() -> None:
+    def rank_zero_order() -> list[int]:
+        loader = DataLoader(list(range(32)), batch_size=4, shuffle=True)
+        prepared = prepare_dataloader(loader, {"num_replicas": 2, "rank": 0}, 0)
+        return indices(prepared)
+
+    def sampler_seed() -> int:
+        loader = DataLoader(list(range(4)), shuffle=True)
+        sampler = prepare_dataloader(loader, {"num_replicas": 2, "rank": 0}, 0).sampler
+        assert isinstance(sampler, DistributedSampler)
+        return sampler.seed
+
+    assert sampler_seed() == 0  # no seed_everything yet
+    seed_everything(1)
+    first = rank_zero_order()
+    seed_everything(2)
+    assert rank_zero_order() != first
+    seed_everything(1)
+    assert rank_zero_order() == first and sampler_seed() == 1
+    seed_everything(None)  # drawn per process: the ranks would disagree, so the shared default is kept
+    assert sampler_seed() == 0
+
+
+def test_a_plain_batch_sampler_keeps_its_shuffle_batch_size_and_drop_last() -> None:
+    data = list(range(14))
+    loaders = [
+        prepare_dataloader(
+            DataLoader(data, batch_sampler=BatchSampler(RandomSampler(data), batch_size=3, drop_last=True)),
+            {"num_replicas": 2, "rank": rank},
+            rank,
+        )
+        for rank in range(2)
+    ]
+    for loader in loaders:
+        assert isinstance(loader.sampler, DistributedSampler) and loader.sampler.shuffle
+        assert loader.batch_size == 3 and loader.drop_last and len(loader) == 2  # 7 indices per rank
+    first, second = (indices(loader) for loader in loaders)
+    assert not set(first) & set(second)
+
+
+def test_samplers_inside_a_batch_sampler_are_checked_like_samplers() -> None:
+    data = list(range(8))
+    weighted = WeightedRandomSampler([0.0] * 4 + [1.0] * 4, num_samples=8)
+    loader = DataLoader(data, batch_sampler=BatchSampler(weighted, batch_size=2, drop_last=False))
+    with pytest.raises(
+        TypeError, match=r"custom sampler inside its BatchSampler \(WeightedRandomSampler\).*=False"
+    ):
+        prepare_dataloader(loader, {"num_replicas": 2, "rank": 0}, 0)
+    # Already partitioned by the user: left as it is.
+    split = BatchSampler(DistributedSampler(data, num_replicas=2, rank=0), batch_size=2, drop_last=False)
+    partitioned = DataLoader(data, batch_sampler=split)
+    assert prepare_dataloader(partitioned, {"num_replicas": 2, "rank": 0}, 0) is partitioned

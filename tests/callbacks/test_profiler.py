@@ -162,3 +162,25 @@ def test_an_exception_in_fit_stops_the_torch_profiler(tmp_path: Path) -> None:
     assert not torch.autograd._profiler_enabled()
     assert profiler.trace_path is None and not (tmp_path / "trace.json").exists()
     profiler.on_exception()  # nothing running: a no-op
+
+
+def test_each_trainer_fit_is_profiled_afresh(tmp_path: Path) -> None:
+    from tests.callbacks.tiny_trainer import loaders, trainer_class
+
+    profiler = Profiler(output=tmp_path / "profile.txt")
+    timer = IterationTimer(every_n_steps=0, file=io.StringIO())
+    trainer = trainer_class()(
+        accelerator="cpu", max_epochs=2, callbacks=[timer, profiler], enable_progress_bar=False
+    )
+    train, _ = loaders()
+    trainer.fit(TinyRegression(), train)
+    time.sleep(0.2)  # idle between fits: not part of the second fit's run
+    began = time.perf_counter()
+    trainer.fit(TinyRegression(), train)
+    second_fit = time.perf_counter() - began
+    assert profiler.sections[FORWARD].calls == 8  # not 16
+    assert profiler.hooks["IterationTimer.on_train_batch_end"].calls == 8
+    first_line = (tmp_path / "profile.txt").read_text().splitlines()[0]
+    run = float(first_line.split()[1])
+    assert first_line.endswith("s from the fit's start to this report")
+    assert run <= second_fit

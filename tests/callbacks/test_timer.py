@@ -161,3 +161,24 @@ def test_device_must_be_a_torch_device() -> None:
     # Regression: IterationTimer(device="gpu") raised torch's RuntimeError, which does not name the argument.
     with pytest.raises(ValueError, match=r"IterationTimer\(device='gpu'\) is not a torch device"):
         IterationTimer(device="gpu")
+
+
+def test_each_trainer_fit_is_timed_afresh() -> None:
+    from tests.callbacks.tiny_trainer import TinyRegression, loaders, trainer_class
+
+    out = io.StringIO()
+    timer = IterationTimer(every_n_steps=0, file=out)
+    trainer = trainer_class()(accelerator="cpu", max_epochs=2, callbacks=[timer], enable_progress_bar=False)
+    train, _ = loaders()
+    trainer.fit(TinyRegression(), train)
+    trainer.fit(TinyRegression(), train)
+    assert timer.summary().count == 8  # the second fit's 8 iterations, not 16
+    summaries = [line for line in out.getvalue().splitlines() if line.startswith("IterationTimer: ")]
+    assert len(summaries) == 2 and all(line.startswith("IterationTimer: 8 iterations") for line in summaries)
+
+
+def test_a_fabric_loop_without_on_fit_start_keeps_accumulating() -> None:
+    timer = IterationTimer(every_n_steps=0, file=io.StringIO())
+    fabric_loop(timer, iterations=3, batch_start=True)
+    fabric_loop(timer, iterations=3, batch_start=True)
+    assert timer.summary().count == 6

@@ -36,6 +36,9 @@ class _Stat:
     total: float = 0.0
     max: float = 0.0
 
+    def clear(self) -> None:
+        self.calls, self.total, self.max = 0, 0.0, 0.0
+
     def add(self, seconds: float) -> None:
         self.calls += 1
         self.total += seconds
@@ -62,6 +65,10 @@ class Profiler(Callback):
 
     The Profiler runs on global rank 0 only. Register it when you create the Fabric, so that it sees
     ``on_after_setup``; at the end fire ``on_train_end`` (the Trainer does) or call ``report()``.
+
+    Each ``on_fit_start`` (every ``Trainer.fit``) starts afresh: the table, its "% of run" and the trace
+    cover that fit only, not the time between fits. A Fabric-only loop that fires no ``on_fit_start``
+    keeps accumulating from the first hook it saw.
 
     Args:
         output: the report file; default ``profile.txt`` in the first logger's folder, else in the current
@@ -132,6 +139,7 @@ class Profiler(Callback):
         self._instrumented: Any = None  # the Fabric whose dispatcher times our hooks
         self._fabric: Any = None
         self._in_fit = False
+        self._fits = 0  # on_fit_start seen: the run is timed from the latest one
         self._reported = False
         self._torch_profiler: Any = None
         self._trace_steps = 0
@@ -170,6 +178,8 @@ class Profiler(Callback):
         self._instrument(fabric)
 
     def on_fit_start(self, fabric: Any = None) -> None:
+        self._reset()
+        self._fits += 1
         self._touch()
         self._in_fit = True
         self._reported = False
@@ -266,8 +276,10 @@ class Profiler(Callback):
     def table(self) -> str:
         """The report as text: loop sections, then callback hooks, each sorted by total time."""
         run = time.perf_counter() - self._started if self._started is not None else 0.0
-        lines = [f"Profiler: {run:.3f} s from the first hook seen to this report"]
-        for title, stats in (("Loop section", self.sections), ("Callback hook", self.hooks)):
+        start = "the fit's start" if self._fits else "the first hook seen"
+        lines = [f"Profiler: {run:.3f} s from {start} to this report"]
+        for title, every in (("Loop section", self.sections), ("Callback hook", self.hooks)):
+            stats = {name: stat for name, stat in every.items() if stat.calls}  # cleared by a new fit
             if not stats:
                 continue
             width = max(len(title), *(len(name) for name in stats))
@@ -289,6 +301,17 @@ class Profiler(Callback):
         return "\n".join(lines) + "\n"
 
     # --- internals ---------------------------------------------------------------------------------------
+    def _reset(self) -> None:
+        # A new fit is a new run; "% of run" of a second fit must not count the idle time since the first.
+        self._stop_trace()
+        for stat in self.hooks.values():
+            stat.clear()  # in place: the timing wrappers hold these objects
+        self.sections = {}
+        self._open.clear()
+        self._hook_seconds = 0.0
+        self._started = None
+        self.trace_path = None
+
     def _touch(self) -> None:
         if self._started is None:
             self._started = time.perf_counter()

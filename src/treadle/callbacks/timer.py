@@ -63,6 +63,10 @@ class IterationTimer(Callback):
     Printing happens on global rank 0 only. In a Fabric-only loop, fire ``on_train_batch_end`` after each
     batch and call ``summary()`` (or fire ``on_train_end``) at the end; in the Trainer nothing is needed.
 
+    Each ``on_fit_start`` (every ``Trainer.fit``) starts afresh: the iteration count, the times and the
+    summary cover that fit only. A Fabric-only loop that fires no ``on_fit_start`` keeps accumulating
+    across its runs.
+
     Args:
         every_n_steps: print a line every this many iterations (batches); 0 prints only the summary.
         sync: synchronise the device at each boundary and use the host clock (for comparison runs).
@@ -118,6 +122,12 @@ class IterationTimer(Callback):
             self._device = fabric.device
 
     def on_fit_start(self) -> None:
+        # A second fit by the same Trainer is a new run: its summary must not include the first's iterations.
+        self._durations = []
+        self._iterations = 0
+        self._window_start = 0
+        self._clock = None  # with the events of the previous fit still waiting to be read
+        self._anchor = None
         self._summary_printed = False
 
     def on_train_start(self) -> None:

@@ -94,3 +94,18 @@ def test_gradients_are_clipped_before_the_step(algorithm: str) -> None:
     assert len(measured) == 4
     assert max(measured) <= 0.5 + 1e-5
     assert max(measured) > 0.4  # the raw gradients were far larger, so clipping is what bounds them
+
+
+class GroupSizes:
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def on_train_batch_start(self, trainer: Any) -> None:
+        self.sizes.append(trainer.accumulation_group_size)
+
+
+def test_accumulation_group_size_is_public_and_short_for_the_last_group() -> None:
+    sizes = GroupSizes()
+    run = trainer(max_epochs=1, grad_accum_steps=4, callbacks=[sizes])
+    run.fit(Classifier(), DataLoader(make_data(72), batch_size=8))  # 9 batches: 4 + 4 + 1
+    assert sizes.sizes == [4] * 8 + [1]

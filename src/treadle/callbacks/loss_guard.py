@@ -158,8 +158,7 @@ class LossGuard(Callback):
         self._trainer = trainer
         # The Trainer passes loss / group to backward, the group being the batch's accumulation group (an
         # epoch's last one may be short). Judged scaled, a short group's loss looks `accum` times too large.
-        accum, total = int(trainer.grad_accum_steps), trainer.num_training_batches
-        self._loss_scale = float(min(accum, total - (batch_idx - batch_idx % accum)))
+        self._loss_scale = float(trainer.accumulation_group_size)
 
     def on_before_backward(self, loss: Any = None) -> None:
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:

@@ -121,6 +121,7 @@ class Trainer:
         self.lr_scheduler_configs: list[SchedulerConfig] = []
         self.progress = Progress()
         self.batch_idx = 0
+        self._accumulation_group = 1
         self.should_stop = False
         self.stop_reason: str | None = None
         self.callback_metrics: dict[str, float] = {}
@@ -146,6 +147,13 @@ class Trainer:
     def current_epoch(self) -> int:
         """The epoch in progress, from 0."""
         return self.progress.epoch
+
+    @property
+    def accumulation_group_size(self) -> int:
+        """How many batches the current optimizer step accumulates: ``grad_accum_steps``, or fewer in an
+        epoch's short last group. The loss of each batch is divided by it before ``backward``, so
+        ``on_before_backward`` sees ``loss / accumulation_group_size``."""
+        return self._accumulation_group
 
     @property
     def epoch_finished(self) -> bool:
@@ -393,10 +401,10 @@ class Trainer:
     def _train_batch(self, batch: Any, batch_idx: int, is_last: bool) -> bool:
         """Forward, backward and, every ``grad_accum_steps`` batches, the optimizer step; True if it stepped."""
         self.batch_idx = batch_idx
-        self._call("on_train_batch_start", batch=batch, batch_idx=batch_idx)
         accum, total = self._settings.grad_accum_steps, self.num_training_batches
         # The last group of an epoch may be short: dividing by its real size gives each step a mean gradient.
-        group = min(accum, total - (batch_idx - batch_idx % accum))
+        group = self._accumulation_group = int(min(accum, total - (batch_idx - batch_idx % accum)))
+        self._call("on_train_batch_start", batch=batch, batch_idx=batch_idx)
         should_step = batch_idx % accum == accum - 1 or is_last
         # Under DDP, gradients are all-reduced only in the backward of the batch that steps.
         with self.fabric.no_backward_sync(self._module, enabled=not should_step):

@@ -212,3 +212,9 @@ def test_early_stopping_sees_a_metric_the_model_logs_at_epoch_end() -> None:
     fitted.fit(EpochEndModel(log), loader())  # the score rises every epoch: stop after the second check
     assert early_stopping.should_stop and fitted.current_epoch == 2
     assert log == ["model", "model"]
+
+
+def test_the_model_in_callbacks_is_a_clear_error() -> None:
+    model = Classifier()
+    with pytest.raises(ValueError, match="leave the model out of callbacks"):
+        trainer(max_epochs=1, callbacks=[model]).fit(model, loader())

@@ -39,6 +39,11 @@ def model_as_last_callback(
         with model_as_last_callback(fabric, model, call, interrupted=lambda: False):
             run_the_loop()
     """
+    if any(callback is model for callback in fabric.callbacks):
+        raise ValueError(
+            "The model is also in Trainer(callbacks=...). The Trainer calls the model's own hook methods by "
+            "itself, after your callbacks: leave the model out of callbacks."
+        )
     late = sorted(
         (callback for callback in fabric.callbacks if _order(callback) > 0), key=_order
     )  # sorted() is stable: callbacks of one order keep the order they were given in

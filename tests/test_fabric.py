@@ -10,8 +10,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from treadle import Fabric
+from treadle.data import FabricDataLoader
 from treadle.precision import MixedPrecision
-from treadle.wrappers import FabricDataLoader, FabricModule, FabricOptimizer
+from treadle.wrappers import FabricModule, FabricOptimizer
 
 
 def make_model() -> nn.Module:

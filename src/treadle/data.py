@@ -1,7 +1,9 @@
-"""Dataloaders across processes: each rank reads its own share (DistributedSampler), workers seeded per rank."""
+"""Dataloaders: each rank reads its own share (DistributedSampler), workers are seeded per rank, and the
+set-up loader (`FabricDataLoader`) advances the sampler's epoch and delivers batches on the device."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -15,6 +17,7 @@ from torch.utils.data import (
 )
 
 from treadle.seed import WorkerSeeder, make_worker_init_fn, requested_seed, requested_worker_seed
+from treadle.tree import move_to_device
 
 
 def prepare_dataloader(
@@ -123,3 +126,59 @@ def _worker_seeder(loader: DataLoader[Any], global_rank: int, split: bool) -> Wo
     # worker seeds reproducible.
     base_seed = requested if requested is not None else int(torch.initial_seed() % (2**32))
     return make_worker_init_fn(base_seed, global_rank)
+
+
+class FabricDataLoader:
+    """A set-up dataloader: iterating yields batches already on the device.
+
+    Each new iteration advances the sampler's epoch (``set_epoch``), so a DistributedSampler reshuffles.
+    """
+
+    def __init__(self, dataloader: DataLoader[Any], device: torch.device | None) -> None:
+        self._dataloader = dataloader
+        self._device = device
+        self._num_iter_calls = 0
+
+    @property
+    def dataloader(self) -> DataLoader[Any]:
+        """The DataLoader being iterated (with a DistributedSampler put in, where one was needed)."""
+        return self._dataloader
+
+    @property
+    def device(self) -> torch.device | None:
+        """Where batches are moved, or None when they stay where the loader puts them (CPU)."""
+        return self._device
+
+    def __len__(self) -> int:
+        return len(self._dataloader)
+
+    def __iter__(self) -> Iterator[Any]:
+        batch_sampler = getattr(self._dataloader, "batch_sampler", None)
+        # The sampler inside a BatchSampler is the one that shuffles (a DistributedSampler the user put
+        # there); DataLoader.sampler is then a plain SequentialSampler. Each object advances once.
+        samplers = (
+            getattr(self._dataloader, "sampler", None),
+            batch_sampler,
+            getattr(batch_sampler, "sampler", None),
+        )
+        for index, sampler in enumerate(samplers):
+            if sampler is None or any(sampler is earlier for earlier in samplers[:index]):
+                continue
+            set_epoch = getattr(sampler, "set_epoch", None)
+            if callable(set_epoch):
+                set_epoch(self._num_iter_calls)
+        self._num_iter_calls += 1
+        if self._device is None:
+            yield from self._dataloader
+            return
+        device = self._device
+        for batch in self._dataloader:
+            yield move_to_device(batch, device)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.__dict__["_dataloader"], name)
+
+    def __repr__(self) -> str:
+        return f"FabricDataLoader({self._dataloader!r}, device={self._device})"

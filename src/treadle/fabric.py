@@ -20,14 +20,13 @@ from treadle import seed as seeding
 from treadle.accelerators import Accelerator
 from treadle.callbacks import CallbackDispatcher, HookRegistry
 from treadle.callbacks.plan import MethodWrapper
-from treadle.data import prepare_dataloader
+from treadle.data import FabricDataLoader, prepare_dataloader
 from treadle.loggers.base import metric_value, parse_loggers
 from treadle.precision import Precision, PrecisionInput
 from treadle.settings import build_runtime
 from treadle.strategies import ReduceOp, Strategy, parse_reduce_op
 from treadle.tree import map_tensors, move_to_device, numbers_to_tensors
 from treadle.wrappers import (
-    FabricDataLoader,
     FabricModule,
     FabricOptimizer,
     SetupModules,

@@ -1,9 +1,9 @@
-"""What ``Fabric.setup*`` returns: modules, optimizers and dataloaders that behave like the originals.
+"""What ``Fabric.setup`` returns: modules and optimizers that behave like the originals.
 
 A wrapped module runs its forward in the precision's context; a wrapped optimizer fires the step hooks and
-steps through the grad scaler where there is one; a wrapped dataloader delivers batches on the device.
-Everything else is forwarded to the original object, so user code that reads attributes, state dicts or
-``isinstance`` keeps working.
+steps through the grad scaler where there is one. Everything else is forwarded to the original object, so
+user code that reads attributes, state dicts or ``isinstance`` keeps working. (The set-up dataloader is
+``treadle.data.FabricDataLoader``.)
 """
 
 from __future__ import annotations
@@ -17,13 +17,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from treadle.checkpoint import unwrap_compiled
 from treadle.precision import Precision
 from treadle.precision.base import inherits
 from treadle.strategies import Strategy
-from treadle.tree import move_to_device
 
 _MISSING = object()
 
@@ -393,62 +391,6 @@ class FabricOptimizer(torch.optim.Optimizer):
 
     def __repr__(self) -> str:
         return f"FabricOptimizer({self.optimizer!r})"
-
-
-class FabricDataLoader:
-    """A set-up dataloader: iterating yields batches already on the device.
-
-    Each new iteration advances the sampler's epoch (``set_epoch``), so a DistributedSampler reshuffles.
-    """
-
-    def __init__(self, dataloader: DataLoader[Any], device: torch.device | None) -> None:
-        self._dataloader = dataloader
-        self._device = device
-        self._num_iter_calls = 0
-
-    @property
-    def dataloader(self) -> DataLoader[Any]:
-        """The DataLoader being iterated (with a DistributedSampler put in, where one was needed)."""
-        return self._dataloader
-
-    @property
-    def device(self) -> torch.device | None:
-        """Where batches are moved, or None when they stay where the loader puts them (CPU)."""
-        return self._device
-
-    def __len__(self) -> int:
-        return len(self._dataloader)
-
-    def __iter__(self) -> Iterator[Any]:
-        batch_sampler = getattr(self._dataloader, "batch_sampler", None)
-        # The sampler inside a BatchSampler is the one that shuffles (a DistributedSampler the user put
-        # there); DataLoader.sampler is then a plain SequentialSampler. Each object advances once.
-        samplers = (
-            getattr(self._dataloader, "sampler", None),
-            batch_sampler,
-            getattr(batch_sampler, "sampler", None),
-        )
-        for index, sampler in enumerate(samplers):
-            if sampler is None or any(sampler is earlier for earlier in samplers[:index]):
-                continue
-            set_epoch = getattr(sampler, "set_epoch", None)
-            if callable(set_epoch):
-                set_epoch(self._num_iter_calls)
-        self._num_iter_calls += 1
-        if self._device is None:
-            yield from self._dataloader
-            return
-        device = self._device
-        for batch in self._dataloader:
-            yield move_to_device(batch, device)
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return getattr(self.__dict__["_dataloader"], name)
-
-    def __repr__(self) -> str:
-        return f"FabricDataLoader({self._dataloader!r}, device={self._device})"
 
 
 class SetupModules:

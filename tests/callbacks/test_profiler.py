@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.callbacks.tiny_trainer import TinyRegression, fit_tiny
+from tests.callbacks.tiny_trainer import FailsAtBatch, TinyRegression, fit_tiny
 from treadle import Fabric
 from treadle.callbacks.profiler import BACKWARD, BATCH, DATA, EPOCH, FORWARD, OPTIMIZER, VALIDATION, Profiler
 from treadle.callbacks.timer import IterationTimer
@@ -140,17 +140,6 @@ def test_report_and_trace_are_written_through_atomic_open(
     profiler.report()
     assert set(written) == {"profile.txt", "trace.json"}
     assert {path.name for path in (tmp_path / "out").iterdir()} == {"profile.txt", "trace.json"}
-
-
-class FailsAtBatch(TinyRegression):
-    def __init__(self, bad_batch: int) -> None:
-        super().__init__()
-        self.bad_batch = bad_batch
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        if batch_idx == self.bad_batch:
-            raise KeyboardInterrupt  # as when a notebook user interrupts training
-        return super().training_step(batch, batch_idx)
 
 
 def test_an_exception_in_fit_stops_the_torch_profiler(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from tests.callbacks.tiny_trainer import TinyRegression, fit_tiny
+from tests.callbacks.tiny_trainer import FailsAtBatch, fit_tiny
 from treadle import Fabric
 from treadle.callbacks.throughput import ThroughputMonitor, peak_flops_for
 
@@ -132,17 +132,6 @@ def test_trainer_logs_throughput_to_callback_metrics() -> None:
 def test_flags_must_be_bools(flag: str) -> None:
     with pytest.raises(TypeError, match=rf"ThroughputMonitor\({flag}='x'\) must be True or False"):
         ThroughputMonitor(**{flag: "x"})
-
-
-class FailsAtBatch(TinyRegression):
-    def __init__(self, bad_batch: int) -> None:
-        super().__init__()
-        self.bad_batch = bad_batch
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        if batch_idx == self.bad_batch:
-            raise KeyboardInterrupt  # as when a notebook user interrupts training
-        return super().training_step(batch, batch_idx)
 
 
 def test_an_exception_in_fit_takes_the_flop_counter_off_the_dispatch_stack() -> None:

@@ -56,6 +56,19 @@ class TinyRegression(nn.Module):
         return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
 
 
+class FailsAtBatch(TinyRegression):
+    """Raises KeyboardInterrupt in ``training_step`` of batch ``bad_batch``, as a user interrupting training."""
+
+    def __init__(self, bad_batch: int) -> None:
+        super().__init__()
+        self.bad_batch = bad_batch
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        if batch_idx == self.bad_batch:
+            raise KeyboardInterrupt
+        return super().training_step(batch, batch_idx)
+
+
 def loaders(n: int = 32, batch_size: int = 8) -> tuple[DataLoader[Any], DataLoader[Any]]:
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(n, 1, generator=generator)

@@ -84,6 +84,22 @@ def test_dataclasses_are_rebuilt_without_running_init_again() -> None:
     assert isinstance(scaled, Scaled) and float(scaled.x) == 4.0 and float(scaled.doubled) == 7.0
 
 
+@dataclasses.dataclass
+class Masked:
+    x: torch.Tensor
+
+    def __post_init__(self) -> None:
+        self.mask = self.x > 0  # derived: must move with x
+
+
+def test_attributes_a_dataclass_derives_move_with_its_fields() -> None:
+    batch = Masked(torch.tensor([1.0, -1.0]))
+    meta = torch.device("meta")
+    out = move_to_device(batch, meta)
+    assert out.x.device == meta and out.mask.device == meta
+    assert batch.mask.device.type == "cpu"  # the original is untouched
+
+
 class Graph:
     """A batch type that moves itself, like a graph library's ``Data``."""
 

@@ -405,3 +405,11 @@ def test_mark_forward_method_rejects_what_is_not_a_custom_method(
     model = Fabric(accelerator="cpu").setup_module(Headed())
     with pytest.raises(error, match=message):
         model.mark_forward_method(method)
+
+
+def test_an_attribute_set_through_the_wrapper_can_be_deleted_through_it() -> None:
+    model = Fabric(accelerator="cpu").setup_module(make_model())
+    model.flag = 5
+    assert model.module.flag == 5  # type: ignore[attr-defined]
+    del model.flag
+    assert not hasattr(model.module, "flag") and not hasattr(model, "flag")

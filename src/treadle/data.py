@@ -56,10 +56,10 @@ def prepare_dataloader(
     sampler: DistributedSampler[Any] = DistributedSampler(
         loader.dataset,
         shuffle=isinstance(_index_sampler(loader), RandomSampler),
-        # The same seed on every rank, or the shuffled shares would overlap; a new seed, a new order.
-        seed=0 if seed is None else seed,
         drop_last=drop_last,
-        **sampler_kwargs,
+        # The same seed on every rank, or the shuffled shares would overlap; a new seed, a new order. The
+        # strategy sends rank 0's (in `sampler_kwargs`); this process's own is the fallback.
+        **{"seed": 0 if seed is None else seed, **sampler_kwargs},
     )
     # Arguments that only newer torch releases have are passed only when the loader has them.
     newer = {name: getattr(loader, name) for name in ("in_order",) if hasattr(loader, name)}

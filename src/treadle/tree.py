@@ -42,10 +42,14 @@ def map_leaves(data: Any, fn: Callable[[Any], Any], is_leaf: Callable[[Any], boo
         # A shallow copy with the fields swapped in, rather than dataclasses.replace: replace() runs __init__
         # and __post_init__ again, which would normalise a field twice and cannot rebuild InitVars.
         # object.__setattr__ also works on frozen dataclasses.
+        # Attributes __post_init__ derived from the fields (a mask, a cache) are mapped too, so that none of
+        # them still points at the unmoved tensors.
         result = copy.copy(data)
-        for field in dataclasses.fields(data):
-            if hasattr(data, field.name):  # an init=False field without a default may never have been set
-                object.__setattr__(result, field.name, map_leaves(getattr(data, field.name), fn, is_leaf))
+        names = [field.name for field in dataclasses.fields(data)]
+        names += [name for name in getattr(data, "__dict__", {}) if name not in names]
+        for name in names:
+            if hasattr(data, name):  # an init=False field without a default may never have been set
+                object.__setattr__(result, name, map_leaves(getattr(data, name), fn, is_leaf))
         return result
     if isinstance(data, Sequence) and not isinstance(data, (str, bytes)):
         return [map_leaves(value, fn, is_leaf) for value in data]

@@ -260,6 +260,12 @@ class FabricModule(nn.Module):
             object.__setattr__(self, "_direct_run", False)
         super().__setattr__(name, value)
 
+    def __delattr__(self, name: str) -> None:
+        if "_original_module" in self.__dict__ and not self._owns(name):
+            delattr(self.module, name)  # where __setattr__ put it
+            return
+        super().__delattr__(name)
+
     def _owns(self, name: str) -> bool:
         state = self.__dict__
         return (

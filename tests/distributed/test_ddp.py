@@ -85,6 +85,12 @@ def test_sampler_partitions_without_overlap_and_reshuffles(ranks: list[dict[str,
     assert [seen["drop_last"] for seen in ranks] == [[True, [0, 2, 4, 6]], [True, [1, 3, 5, 7]]]
 
 
+def test_ranks_seeded_apart_still_read_disjoint_shares(ranks: list[dict[str, Any]]) -> None:
+    first, second = (seen["seeded_apart"] for seen in ranks)
+    assert sorted(first + second) == list(range(40))
+    assert first != sorted(first)  # shuffled
+
+
 def test_use_distributed_sampler_false_leaves_the_loader_alone(ranks: list[dict[str, Any]]) -> None:
     assert [seen["not_distributed"] for seen in ranks] == [[0, 1, 2, 3, 4, 5]] * 2
 

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal, TypeVar, get_args
 import torch
 import torch.distributed as dist
 
+from treadle.seed import requested_seed
 from treadle.strategies.base import ReduceOp, Strategy
 from treadle.strategies.environment import ProcessEnvironment
 from treadle.strategies.launch import find_free_port, spawn_ranks, start_local_ranks
@@ -238,7 +239,15 @@ class ParallelStrategy(Strategy):
 
     # --- data ------------------------------------------------------------------------------------------
     def distributed_sampler_kwargs(self) -> dict[str, int] | None:
-        return {"num_replicas": self.world_size, "rank": self.global_rank}
+        # The shuffle seed is rank 0's latest seed_everything seed, sent to every rank: ranks seeded apart
+        # (seed_everything(42 + rank), a common pattern) would otherwise shuffle apart, and their shares of
+        # the data would overlap.
+        seed = self.broadcast(requested_seed(), src=0)
+        return {
+            "num_replicas": self.world_size,
+            "rank": self.global_rank,
+            "seed": 0 if seed is None else seed,
+        }
 
     # --- collectives -----------------------------------------------------------------------------------
     def barrier(self, name: str | None = None) -> None:

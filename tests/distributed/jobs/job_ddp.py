@@ -148,6 +148,10 @@ def main(out: str) -> None:
     seen["drop_last"] = [odd.sampler.drop_last, [int(i) for b in odd for i in b]]
     alone = fabric.setup_dataloaders(DataLoader(list(range(6)), batch_size=3), use_distributed_sampler=False)
     seen["not_distributed"] = [int(i) for b in alone for i in b]
+    # Ranks seeded apart still shuffle alike (rank 0's seed), so their shares stay disjoint.
+    fabric.seed_everything(100 + rank, verbose=False)
+    apart = fabric.setup_dataloaders(DataLoader(list(range(40)), batch_size=4, shuffle=True))
+    seen["seeded_apart"] = [int(i) for b in apart for i in b]
 
     # Checkpoints: rank 0 writes, everyone loads; a failed save replaces nothing and fails on every rank.
     path = os.path.join(out, "checkpoint.pt")

@@ -446,6 +446,8 @@ def test_call_with_takes_a_dict_it_neither_copies_into_methods_nor_changes() -> 
         dispatcher.call_with("on_x", {"fabric": "f"})
     with pytest.raises(TypeError, match="must be a str"):
         dispatcher.call_with(3, {})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"kwargs=\[1\]\): kwargs must be a dict.*Use call\('on_x', \*args\)"):
+        dispatcher.call_with("on_x", [1])  # type: ignore[arg-type]
 
 
 def test_changes_made_by_a_callback_during_a_call_apply_from_the_next_call() -> None:

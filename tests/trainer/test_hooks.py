@@ -218,3 +218,10 @@ def test_the_model_in_callbacks_is_a_clear_error() -> None:
     model = Classifier()
     with pytest.raises(ValueError, match="leave the model out of callbacks"):
         trainer(max_epochs=1, callbacks=[model]).fit(model, loader())
+
+
+@pytest.mark.parametrize("order", [3, -1, "last", True, 1.0])
+def test_a_bad_trainer_order_is_a_clear_error(order: Any) -> None:
+    bad = type("Misplaced", (), {"trainer_order": order})()
+    with pytest.raises(ValueError, match=r"Misplaced.trainer_order = .*must be 0 .* 1 .* or 2"):
+        trainer(max_epochs=1, callbacks=[bad]).fit(Classifier(), loader())

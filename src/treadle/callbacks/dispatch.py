@@ -257,6 +257,9 @@ class CallbackDispatcher:
         A dict built once can serve several hooks, and a call skips packing ``**kwargs`` (the runtime goes one
         step further with `plans`). Everything else (filtering, errors, staleness checks) is as in `call`.
 
+        Raises:
+            TypeError: `kwargs` is not a dict, or as in `call`.
+
         Example:
             >>> class Printer:
             ...     def on_after_backward(self, fabric):
@@ -265,6 +268,11 @@ class CallbackDispatcher:
             f
             [None]
         """
+        if not isinstance(kwargs, dict):
+            raise TypeError(
+                f"call_with({hook_name!r}, kwargs={kwargs!r}): kwargs must be a dict of keyword arguments, got "
+                f"{type(kwargs).__name__}. Use call({hook_name!r}, *args) for positional arguments."
+            )
         try:
             plan = self._by_hook[hook_name]
         except TypeError:

@@ -73,4 +73,11 @@ def model_as_last_callback(
 
 def _order(callback: object) -> int:
     order = getattr(type(callback), "trainer_order", 0)
-    return order if isinstance(order, int) and not isinstance(order, bool) else 0
+    if type(order) is not int or order not in (0, 1, 2):
+        name = type(callback).__qualname__
+        raise ValueError(
+            f"{name}.trainer_order = {order!r}: it must be 0 (with your callbacks, before the model), 1 (after "
+            f"the model, e.g. EarlyStopping) or 2 (last, e.g. ModelCheckpoint). Set it on the class, e.g. "
+            f"`trainer_order = 1`."
+        )
+    return order

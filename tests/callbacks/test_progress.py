@@ -75,10 +75,78 @@ def test_plain_fallback_prints_epoch_batch_loss_and_validation_metric() -> None:
     assert CountingLoss.reads == 4
 
 
-def test_plain_default_rate_is_every_50_batches() -> None:
-    bar = ProgressBar(backend="plain")
-    assert bar.refresh_rate == 50
-    assert not bar.is_tqdm
+class FakeClock:
+    """Stands in for time.perf_counter in the progress module: seconds pass only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_plain_lines_come_by_time_with_rate_and_eta(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr(progress.time, "perf_counter", clock)
+    out = io.StringIO()
+    bar = ProgressBar(backend="plain", interval=10, file=out)
+    assert bar.refresh_rate is None and not bar.is_tqdm
+    bar.on_train_epoch_start(epoch=0, total=100)
+    for _ in range(100):
+        clock.now += 0.25  # 4 batches a second: a line every 40 batches
+        bar.on_train_batch_end(loss=0.5)
+    bar.on_train_epoch_end()
+    lines = out.getvalue().splitlines()
+    assert lines == [
+        "Epoch 1 batch 40/100: step=40, loss=0.5 [4 it/s, ETA 0:15]",
+        "Epoch 1 batch 80/100: step=80, loss=0.5 [4 it/s, ETA 0:05]",
+        "Epoch 1 done: 100 batches in 25.0s (4 it/s), step=100, loss=0.5",
+    ]
+
+
+def test_auto_backend_prints_plain_lines_into_a_file(tmp_path: Path) -> None:
+    # Regression: into a log file (CI, nohup, SLURM) the tqdm bar wrote a carriage-return redraw per batch.
+    pytest.importorskip("tqdm")
+    with open(tmp_path / "log.txt", "w") as log:
+        trainer = fit_tiny(callbacks=[ProgressBar(file=log)])
+    text = (tmp_path / "log.txt").read_text()
+    assert "\r" not in text
+    lines = text.splitlines()
+    # One line per epoch, carrying that epoch's validation metrics; the fit's ETA until the last one.
+    assert [line.split(":")[0] for line in lines] == ["Epoch 1/2 done", "Epoch 2/2 done"]
+    assert "val_loss=" in lines[0] and "[fit ETA " in lines[0]
+    assert f"step={trainer.global_step}" in lines[1] and "ETA" not in lines[1]
+
+
+def test_auto_backend_draws_tqdm_on_a_terminal() -> None:
+    pytest.importorskip("tqdm")
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert ProgressBar(file=Terminal()).is_tqdm
+    assert not ProgressBar(file=io.StringIO()).is_tqdm
+    assert ProgressBar(backend="tqdm", file=io.StringIO()).is_tqdm  # asked for by name: tqdm anyway
+
+
+def test_the_last_batch_shows_its_own_loss_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Regression: the 100% bar showed a loss read up to half a second earlier until validation ended.
+    pytest.importorskip("tqdm")
+    monkeypatch.setattr(progress, "_LOSS_READ_SECONDS", math.inf)
+    out = io.StringIO()
+    bar = ProgressBar(backend="tqdm", file=out)
+    bar.on_train_epoch_start(epoch=0, total=3)
+    for loss in (3.0, 2.0, 0.125):
+        bar.on_train_batch_end(loss=loss)
+    assert "loss=0.125" in out.getvalue()  # before on_validation_* or on_train_epoch_end
+    bar.on_fit_end()
+
+
+def test_interval_must_be_a_positive_number() -> None:
+    for interval in (0, -1.0, math.inf, "10"):
+        with pytest.raises(ValueError, match=rf"ProgressBar\(interval={interval!r}\) must be a positive"):
+            ProgressBar(interval=interval)  # type: ignore[arg-type]
 
 
 def test_tqdm_bar_shows_loss_step_and_val_metric(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -88,15 +156,15 @@ def test_tqdm_bar_shows_loss_step_and_val_metric(monkeypatch: pytest.MonkeyPatch
     out = io.StringIO()
     CountingLoss.reads = 0
     bar = ProgressBar(backend="tqdm", file=out)
-    assert bar.is_tqdm and bar.refresh_rate == 1
+    assert bar.is_tqdm and bar.refresh_rate is None  # None: every batch for the bar
     fabric_loop(bar, epochs=2, batches=4)
     text = out.getvalue()
     assert "Epoch 1" in text and "Epoch 2" in text
     assert "4/4" in text
     assert "step=8" in text
     assert "val_loss=0.25" in text
-    # The bar redraws every batch (refresh_rate=1) but reads the loss at most every _LOSS_READ_SECONDS
-    # and at each epoch's end, so steps do not wait for the device.
+    # The bar redraws every batch but reads the loss at most every _LOSS_READ_SECONDS and at each epoch's
+    # last batch, so steps do not wait for the device.
     assert CountingLoss.reads == 3
     assert "loss=" in text
 

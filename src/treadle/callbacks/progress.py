@@ -1,4 +1,4 @@
-"""A progress bar for training and validation: tqdm when it is installed, plain lines otherwise."""
+"""A progress bar for training and validation: tqdm on a terminal, plain periodic lines in a log file."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ __all__ = ["ProgressBar", "write_line"]
 
 Backend = Literal["auto", "tqdm", "plain"]
 _BACKENDS = ("auto", "tqdm", "plain")
-# How many batches apart the plain fallback prints when refresh_rate is left unset: one line per batch
-# would flood a log file, and a bar that redraws in place is not available there.
-_PLAIN_DEFAULT_EVERY = 50
+# Seconds between plain lines when refresh_rate is left unset. A log file (CI, nohup, SLURM) cannot redraw
+# a bar in place: every redraw would be a new line, thousands per epoch. A line every half minute, plus one
+# per epoch, keeps a day-long run's log readable and still shows it is alive.
+_PLAIN_DEFAULT_INTERVAL = 30.0
 # How often the tqdm bar reads the loss for its postfix. Reading it waits for the device, and a bar redrawn
 # every batch would otherwise add one host-device synchronisation to every step.
 _LOSS_READ_SECONDS = 0.5
@@ -26,10 +27,16 @@ _LOSS_READ_SECONDS = 0.5
 class ProgressBar(Callback):
     """Shows epoch, step, loss and the latest validation metrics while training, on global rank 0.
 
-    Uses ``tqdm`` when it is installed (``pip install 'treadle[progress]'``); without it, prints one plain line
-    every few batches. The loss is read from the device (``loss.item()``) at most every half second with
-    tqdm (and once at the end of each epoch), or once per printed line with the plain fallback, so the bar
-    does not make every step wait for the GPU.
+    On a terminal, a bar redrawn in place, with ``tqdm`` (``pip install 'treadle[progress]'``). Where the
+    output cannot be redrawn in place (stderr is not a terminal: a log file, CI, ``nohup``, SLURM) or
+    tqdm is not installed, plain lines instead: one every ``interval`` seconds (epoch, batch, step, loss,
+    batches per second and the epoch's ETA) and one at the end of each epoch (with its validation metrics
+    and the ETA of the whole fit when the number of epochs is known): tens of lines for a run, not a
+    redraw per batch.
+
+    The loss is read from the device (``loss.item()``) at most every half second with tqdm (and at the last
+    batch and the end of each epoch), or once per printed line in plain mode, so the bar does not make
+    every step wait for the GPU.
 
     In the Trainer everything comes from the trainer (it is the default progress bar). In a loop of your
     own, fire the hooks with what you have: ``on_train_epoch_start`` (optionally with ``epoch=`` and
@@ -39,16 +46,20 @@ class ProgressBar(Callback):
     and ``on_fit_end`` when done. A Trainer resumed mid-epoch is counted from the batches it already ran.
 
     Args:
-        refresh_rate: update the display every this many batches. Default: every batch with tqdm, every
-            50 batches for the plain fallback. 0 disables the display.
-        leave: keep each epoch's finished bar on screen (tqdm); the plain fallback always keeps its lines.
-        backend: ``"auto"`` (tqdm if importable, else plain), ``"tqdm"`` (error if missing) or ``"plain"``.
+        refresh_rate: update the display every this many batches. Default: every batch for the tqdm bar;
+            plain lines by time (see ``interval``). 0 disables the display.
+        leave: keep each epoch's finished bar on screen (tqdm); plain lines always stay.
+        backend: ``"auto"`` (tqdm when it is installed and the output is a terminal, else plain lines),
+            ``"tqdm"`` (always tqdm, even into a file; an error if it is missing) or ``"plain"``.
         metrics: names of the metrics to show next to the loss. Default: every metric whose name starts
             with ``val`` (``val_loss``, ``val/acc``, ...).
         file: where to write; default ``sys.stderr`` as it is when the bar starts.
+        interval: seconds between plain lines when ``refresh_rate`` is left unset (default 30); the end of
+            each epoch always prints one.
 
     Raises:
-        ValueError: ``refresh_rate`` is negative or ``backend`` is not a valid choice.
+        ValueError: ``refresh_rate`` is negative, ``interval`` is not a positive number, or ``backend`` is
+            not a valid choice.
         ModuleNotFoundError: ``backend="tqdm"`` and tqdm is not installed (the message gives the pip line).
 
     Example::
@@ -72,6 +83,7 @@ class ProgressBar(Callback):
         backend: Backend = "auto",
         metrics: Sequence[str] | None = None,
         file: TextIO | None = None,
+        interval: float = _PLAIN_DEFAULT_INTERVAL,
     ) -> None:
         if refresh_rate is not None and (
             isinstance(refresh_rate, bool) or not isinstance(refresh_rate, int) or refresh_rate < 0
@@ -89,15 +101,26 @@ class ProgressBar(Callback):
             raise TypeError(
                 f"ProgressBar(metrics={metrics!r}) must be a list of names, e.g. metrics=[{metrics!r}]."
             )
+        if (
+            isinstance(interval, bool)
+            or not isinstance(interval, (int, float))
+            or not math.isfinite(interval)
+            or interval <= 0
+        ):
+            raise ValueError(
+                f"ProgressBar(interval={interval!r}) must be a positive number of seconds between plain "
+                "lines, e.g. interval=10."
+            )
         check_bool("ProgressBar", "leave", leave)
         self._tqdm: Any = None
         if backend != "plain":
             self._tqdm = _import_tqdm(required=backend == "tqdm")
+        self._backend = backend
         self._leave = leave
         self._metric_names = None if metrics is None else list(metrics)
         self._file = file
-        default_rate = 1 if self._tqdm is not None else _PLAIN_DEFAULT_EVERY
-        self.refresh_rate = default_rate if refresh_rate is None else refresh_rate
+        self._interval = float(interval)
+        self.refresh_rate = refresh_rate
         self._bar: Any = None  # the training bar (tqdm)
         self._val_bar: Any = None
         self._epoch = -1  # own count, for loops that do not say which epoch it is
@@ -111,11 +134,17 @@ class ProgressBar(Callback):
         self._loss_read_at = -math.inf
         self._metrics: dict[str, float] = {}
         self._epoch_started_at = time.perf_counter()
+        self._printed_at = time.perf_counter()  # the last plain line
+        self._epoch_open = False  # a training epoch whose "done" line is not printed yet
+        self._epoch_seconds: list[float] = []  # of this run's complete epochs, for the fit's ETA
 
     @property
     def is_tqdm(self) -> bool:
-        """Whether the display uses tqdm (True) or the plain fallback (False)."""
-        return self._tqdm is not None
+        """Whether the display redraws a tqdm bar (True) or prints plain lines (False), for the stream it
+        writes to now: with ``backend="auto"``, tqdm only on a terminal."""
+        if self._tqdm is None:
+            return False
+        return self._backend == "tqdm" or _is_terminal(self._stream())
 
     # --- training ----------------------------------------------------------------------------------------
     def on_train_epoch_start(
@@ -130,8 +159,9 @@ class ProgressBar(Callback):
         self._epoch = self._epoch + 1 if epoch is None else int(epoch)
         self._total = total if isinstance(total, int) and not isinstance(total, bool) and total > 0 else None
         self._batches = self._shown = self._resumed_at = done
-        self._epoch_started_at = time.perf_counter()
-        if self._tqdm is not None and self.refresh_rate > 0:
+        self._epoch_started_at = self._printed_at = time.perf_counter()
+        self._epoch_open = True
+        if self.refresh_rate != 0 and self.is_tqdm:
             self._bar = self._tqdm(
                 total=self._total,
                 desc=self._epoch_label(trainer),
@@ -160,13 +190,26 @@ class ProgressBar(Callback):
         if self.refresh_rate == 0:
             return
         self._unread_loss = loss if loss is not None else _loss_from_output(output)  # a reference: no sync
-        if self._batches % self.refresh_rate != 0:
-            return
-        if self._bar is None or time.perf_counter() - self._loss_read_at >= _LOSS_READ_SECONDS:
+        if self._bar is not None:
+            if self._batches % (self.refresh_rate or 1) != 0:
+                return
+            last = self._total is not None and self._batches >= self._total
+            # The last batch's loss is read at once: validation may keep the 100% bar on screen for a while.
+            if last or time.perf_counter() - self._loss_read_at >= _LOSS_READ_SECONDS:
+                self._read_loss()
+            self._refresh(trainer)
+        elif self.refresh_rate is not None:
+            if self._batches % self.refresh_rate == 0:
+                self._read_loss()
+                self._refresh(trainer)
+        elif time.perf_counter() - self._printed_at >= self._interval:
             self._read_loss()
-        self._refresh(trainer)
+            self._refresh(trainer)
 
     def on_train_epoch_end(self, trainer: Any = None) -> None:
+        complete = self._total is not None and self._batches >= self._total
+        if complete and self._resumed_at == 0:
+            self._epoch_seconds.append(time.perf_counter() - self._epoch_started_at)
         if self.refresh_rate == 0:
             return
         if self._bar is not None:
@@ -175,20 +218,16 @@ class ProgressBar(Callback):
                 self._update_bar(trainer)
             self._bar.close()
             self._bar = None
-        elif self._tqdm is None and self._batches:
+        elif self._epoch_open and self._batches:
             self._read_loss()
-            seconds = time.perf_counter() - self._epoch_started_at
-            resumed = f" ({self._batches - self._resumed_at} after resuming)" if self._resumed_at else ""
-            self._print(
-                f"{self._epoch_label(trainer)} done: {self._batches} batches{resumed} in {seconds:.1f}s, "
-                f"{self._status(trainer)}"
-            )
+            self._print_epoch_done(trainer)
+        self._epoch_open = False
 
     # --- validation --------------------------------------------------------------------------------------
     def on_validation_start(self, total: int | None = None, trainer: Any = None) -> None:
         if trainer is not None:
             total = getattr(trainer, "num_val_batches", total)
-        if self._tqdm is not None and self.refresh_rate > 0:
+        if self.refresh_rate != 0 and self.is_tqdm:
             self._val_bar = self._tqdm(
                 total=total if isinstance(total, int) and total > 0 else None,
                 desc="Validation",
@@ -217,7 +256,9 @@ class ProgressBar(Callback):
             return
         if self._bar is not None:
             self._update_bar(trainer)
-        elif self._metrics and self._tqdm is None:
+        elif self._epoch_open and trainer is not None and self._batches:
+            pass  # the Trainer ends the epoch next: its "done" line carries these metrics
+        elif self._metrics and self._epoch >= 0:
             self._print(f"{self._epoch_label(trainer)} validation: {_format_metrics(self._metrics)}")
         elif self._metrics:  # validation outside a training epoch (e.g. Trainer.validate)
             self._print(f"Validation: {_format_metrics(self._metrics)}")
@@ -245,9 +286,44 @@ class ProgressBar(Callback):
             self._metrics = self._select(getattr(trainer, "callback_metrics", {})) or self._metrics
         if self._bar is not None:
             self._update_bar(trainer)
-        elif self._tqdm is None:
-            total = f"/{self._total}" if self._total else ""
-            self._print(f"{self._epoch_label(trainer)} batch {self._batches}{total}: {self._status(trainer)}")
+            return
+        total = f"/{self._total}" if self._total else ""
+        timing = self._epoch_timing()
+        self._print(
+            f"{self._epoch_label(trainer)} batch {self._batches}{total}: {self._status(trainer)}"
+            + (f" [{timing}]" if timing else "")
+        )
+
+    def _print_epoch_done(self, trainer: Any) -> None:
+        seconds = time.perf_counter() - self._epoch_started_at
+        ran = self._batches - self._resumed_at
+        resumed = f" ({ran} after resuming)" if self._resumed_at else ""
+        rate = f" ({_rate(ran, seconds)})" if ran > 0 and seconds > 0 else ""
+        remaining = self._fit_eta(trainer)
+        self._print(
+            f"{self._epoch_label(trainer)} done: {self._batches} batches{resumed} in {seconds:.1f}s{rate}, "
+            f"{self._status(trainer)}" + (f" [fit ETA {remaining}]" if remaining else "")
+        )
+
+    def _epoch_timing(self) -> str:
+        """``12.3 it/s, ETA 0:41`` for this epoch so far; empty before a batch has run here."""
+        seconds = time.perf_counter() - self._epoch_started_at
+        ran = self._batches - self._resumed_at
+        if ran <= 0 or seconds <= 0:
+            return ""
+        timing = _rate(ran, seconds)
+        if self._total is not None and self._total > self._batches:
+            timing += f", ETA {_clock((self._total - self._batches) * seconds / ran)}"
+        return timing
+
+    def _fit_eta(self, trainer: Any) -> str:
+        max_epochs = getattr(trainer, "max_epochs", None) if trainer is not None else None
+        if not (isinstance(max_epochs, int) and max_epochs > 0) or not self._epoch_seconds:
+            return ""
+        left = max_epochs - (self._epoch + 1)
+        if left <= 0:
+            return ""
+        return _clock(left * sum(self._epoch_seconds) / len(self._epoch_seconds))
 
     def _update_bar(self, trainer: Any) -> None:
         self._bar.update(self._batches - self._shown)
@@ -286,6 +362,7 @@ class ProgressBar(Callback):
         return self._file if self._file is not None else sys.stderr
 
     def _print(self, line: str) -> None:
+        self._printed_at = time.perf_counter()
         write_line(line, self._stream())
 
     def _close_bars(self) -> None:
@@ -353,6 +430,27 @@ def _batches_done(trainer: Any) -> int:
     # The Trainer's count of this epoch's batches already run: more than 0 when it resumed mid-epoch.
     done = getattr(getattr(trainer, "progress", None), "batches_done", 0)
     return done if _is_index(done) else 0
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty()) if callable(isatty) else False
+    except (OSError, ValueError):  # a closed or detached stream
+        return False
+
+
+def _rate(batches: int, seconds: float) -> str:
+    per_second = batches / seconds
+    return f"{per_second:.3g} it/s" if per_second >= 1 else f"{seconds / batches:.3g} s/it"
+
+
+def _clock(seconds: float) -> str:
+    """``m:ss``, or ``h:mm:ss`` from an hour on, as tqdm shows times."""
+    whole = max(0, round(seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 def _format_metrics(metrics: Mapping[str, float]) -> str:

@@ -65,6 +65,13 @@ def test_demo_reaches_the_target_then_resumes(tmp_path: Path, capsys: pytest.Cap
     assert max(steps) > last_step and max(steps) - last_step <= 313
     assert not (tmp_path / "logs" / "version_1").exists()
 
+    # Resuming a finished run: says so and how to extend it, instead of "IterationTimer: no iterations".
+    assert main(["demo", "--root", str(tmp_path), "--resume", "--max-epochs", "13"]) == 0
+    out = capsys.readouterr().out
+    assert f"The run in {tmp_path} is complete" in out and "13 trained epochs" in out
+    assert f"treadle demo --root {tmp_path} --resume --max-epochs 17" in out
+    assert "IterationTimer" not in out
+
 
 def test_cli_resume_without_checkpoint_starts_fresh(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]

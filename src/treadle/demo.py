@@ -168,6 +168,11 @@ def run_demo(root: str | os.PathLike[str], resume: bool, max_epochs: int | None,
     if resume and not checkpoint.exists():
         print(f"No checkpoint at {checkpoint} to resume from; starting a new run.")
         resume = False
+    if resume:
+        finished = _finished_run(checkpoint, epochs)
+        if finished is not None:
+            print(finished)
+            return 0
     versions = next_version(root / "logs")
     logger = CSVLogger(root, name="logs", version=versions - 1 if resume and versions > 0 else None)
     seed_everything(SEED)
@@ -216,3 +221,24 @@ def run_demo(root: str | os.PathLike[str], resume: bool, max_epochs: int | None,
     print(f"checkpoint: {checkpoint}")
     print(f"resume:     treadle demo --root {root} --resume")
     return 0 if reached else 1
+
+
+def _finished_run(checkpoint: Path, epochs: int) -> str | None:
+    """What to say when ``checkpoint`` already holds ``epochs`` complete epochs (None if it does not): with
+    nothing left to train, the Trainer would only restore it and stop."""
+    from treadle.fabric import Fabric
+
+    saved = Fabric(accelerator="cpu", devices=1).load(checkpoint)
+    progress = saved.get("progress", {})
+    done = int(progress.get("epoch", 0)) + bool(progress.get("epoch_finished", False))
+    if done < epochs:
+        return None
+    accuracy = saved.get("callback_metrics", {}).get("val_acc")
+    reached = "" if accuracy is None else f" (val_acc {float(accuracy):.3f})"
+    root = checkpoint.parent.parent
+    return (
+        f"The run in {root} is complete: {checkpoint} holds {done} trained epochs{reached}, and {epochs} "
+        f"were asked for: nothing is left to train.\nTo train it further, give the new total: treadle demo --root {root} "
+        f"--resume --max-epochs {done + 4}\nTo start over, pick another folder: treadle demo --root "
+        f"{root}_2"
+    )

@@ -67,7 +67,8 @@ def main(root: Path, max_epochs: int, resume: bool, progress_bar: bool) -> dict[
         max_epochs=max_epochs,
         # save_top_k=0: no ranked files, only ROOT/checkpoints/last.ckpt after every epoch, for --resume.
         callbacks=[EarlyStopping("val_loss", patience=5), ModelCheckpoint(save_top_k=0)],
-        loggers=CSVLogger(root, name="sine", version=0),
+        # resume=True adds to metrics.csv; a fresh run over the same folder starts it afresh (with a warning).
+        loggers=CSVLogger(root, name="sine", version=0, resume=resume),
         checkpoint_dir=root / "checkpoints",
         enable_progress_bar=progress_bar,
         gradient_clip_val=1.0,

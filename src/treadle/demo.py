@@ -174,7 +174,9 @@ def run_demo(root: str | os.PathLike[str], resume: bool, max_epochs: int | None,
             print(finished)
             return 0
     versions = next_version(root / "logs")
-    logger = CSVLogger(root, name="logs", version=versions - 1 if resume and versions > 0 else None)
+    logger = CSVLogger(
+        root, name="logs", version=versions - 1 if resume and versions > 0 else None, resume=resume
+    )
     seed_everything(SEED)
     train = DataLoader(make_digits(20000, seed=0), batch_size=64, shuffle=True)
     val = DataLoader(make_digits(2000, seed=1), batch_size=500)

@@ -10,6 +10,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -145,16 +146,16 @@ def test_calls_with_the_same_step_share_a_row_even_across_a_flush(tmp_path: Path
     logger.log_metrics({"acc": 0.5}, step=10)
     logger.log_metrics({"loss": 0.5}, step=10)  # same metric again: a new row
     logger.log_metrics({"loss": 0.4})
-    logger.log_metrics({"lr": 0.2})  # no step: never merged
+    logger.log_metrics({"lr": 0.2})  # no step: the logger's own count of step-less calls, 0, 1, ...
     logger.finalize("success")
     assert metrics_file(logger).read_text().splitlines() == [
         "step,acc,loss,lr",
         "10,0.5,1.0,0.1",
         "10,,0.5,",
-        ",,0.4,",
-        ",,,0.2",
+        "0,,0.4,",
+        "1,,,0.2",
     ]
-    assert read_csv_metrics(metrics_file(logger))["loss"] == [(10, 1.0), (10, 0.5), (None, 0.4)]
+    assert read_csv_metrics(metrics_file(logger))["loss"] == [(10, 1.0), (10, 0.5), (0, 0.4)]
 
 
 def test_with_a_cadence_of_1_every_call_is_in_the_file_at_once(tmp_path: Path) -> None:
@@ -169,15 +170,15 @@ def test_with_a_cadence_of_1_every_call_is_in_the_file_at_once(tmp_path: Path) -
     assert metrics_file(logger).read_text() == "step,loss,lr\n0,1.0,0.1\n1,0.5,0.05\n"
     logger.log_metrics({"acc": 0.75}, step=1)  # a new column and a merge at once
     logger.log_metrics({"loss": 0.25}, step=1)  # the same metric again: a new row
-    logger.log_metrics({"loss": 0.125})  # no step: never merged
+    logger.log_metrics({"loss": 0.125})  # no step: counted 0, 1, ... by the logger
     logger.log_metrics({"lr": 0.01})
     assert metrics_file(logger).read_text().splitlines() == [
         "step,acc,loss,lr",
         "0,,1.0,0.1",
         "1,0.75,0.5,0.05",
         "1,,0.25,",
-        ",,0.125,",
-        ",,,0.01",
+        "0,,0.125,",
+        "1,,,0.01",
     ]
     logger.finalize("success")
     assert metrics_file(logger).read_text().count("\n") == 6
@@ -187,7 +188,7 @@ def test_a_merge_into_the_written_row_of_a_resumed_file_keeps_earlier_rows(tmp_p
     first = CSVLogger(tmp_path, version="run")
     first.log_metrics({"loss": 1.0}, step=0)
     first.finalize("interrupted")
-    resumed = CSVLogger(tmp_path, version="run", flush_logs_every_n_steps=1)
+    resumed = CSVLogger(tmp_path, version="run", flush_logs_every_n_steps=1, resume=True)
     resumed.log_metrics({"loss": 0.5}, step=1)
     resumed.log_metrics({"acc": 0.5}, step=1)
     resumed.log_metrics({"lr": 0.1}, step=1)
@@ -254,7 +255,7 @@ def test_rows_follow_a_header_that_a_pickled_copy_widened(tmp_path: Path) -> Non
 
 def test_a_merge_after_another_writer_appended_adds_a_row_instead_of_cutting_the_file(tmp_path: Path) -> None:
     first = CSVLogger(tmp_path, version=0, flush_logs_every_n_steps=1)
-    second = CSVLogger(tmp_path, version=0, flush_logs_every_n_steps=1)
+    second = CSVLogger(tmp_path, version=0, flush_logs_every_n_steps=1, resume=True)
     first.log_metrics({"loss": 1.0}, step=0)
     second.log_metrics({"acc": 0.5}, step=1)
     second.log_metrics({"loss": 0.75}, step=1)  # merged into second's own last row, in place
@@ -346,7 +347,7 @@ def test_resuming_an_explicit_version_appends_after_existing_rows(tmp_path: Path
     with open(metrics_file(first), "a") as file:
         file.write("1,0.9")
 
-    resumed = CSVLogger(tmp_path, version="run")
+    resumed = CSVLogger(tmp_path, version="run", resume=True)
     resumed.log_metrics({"loss": 0.8}, step=2)
     resumed.save()
     resumed.log_metrics({"loss": 0.7, "acc": 0.1}, step=3)
@@ -375,8 +376,10 @@ def test_refuses_to_append_to_a_foreign_csv(tmp_path: Path) -> None:
     ("kwargs", "error", "message"),
     [
         ({"root_dir": 123}, TypeError, r"CSVLogger\(root_dir=123\) must be a str or os.PathLike, got int"),
-        ({"name": ""}, ValueError, r"CSVLogger\(name=''\) must be a non-empty str.*'treadle_logs'"),
-        ({"name": None}, TypeError, r"CSVLogger\(name=None\) must be a str, got NoneType"),
+        ({"name": "  "}, ValueError, r"CSVLogger\(name='  '\) is only spaces.*'treadle_logs'"),
+        ({"name": 3}, TypeError, r"CSVLogger\(name=3\) must be a str or None, got int"),
+        ({"root_dir": "$TREADLE_UNSET_VAR/logs"}, ValueError, r"root_dir='\$TREADLE_UNSET_VAR/logs'\) names the environment variable \$TREADLE_UNSET_VAR, which is not set"),
+        ({"resume": "yes"}, TypeError, r"CSVLogger\(resume='yes'\) must be True or False"),
         ({"version": -1}, ValueError, r"CSVLogger\(version=-1\) must be >= 0. Pass None"),
         ({"version": 1.5}, TypeError, r"CSVLogger\(version=1.5\) must be None, an int or a str, got float"),
         ({"version": "a/b"}, ValueError, r"CSVLogger\(version='a/b'\) must be a plain folder name"),
@@ -466,7 +469,7 @@ def test_fabric_log_of_a_non_number_is_blamed_on_the_call_not_the_logger(tmp_pat
     # Nothing reached the logger from the failed calls; direct callers still get the logger's own check.
     fabric.log("x", torch.tensor(3))
     logger.finalize("success")
-    assert read_csv_metrics(metrics_file(logger)) == {"x": [(None, 3.0)]}
+    assert read_csv_metrics(metrics_file(logger)) == {"x": [(0, 3.0)]}
     with pytest.raises(TypeError, match=r"CSVLogger.log_metrics got metric 'x' = 'abc'"):
         CSVLogger(tmp_path).log_metrics({"x": "abc"})
 
@@ -489,3 +492,84 @@ def test_version_folders_maps_numbers_to_folders(tmp_path: Path) -> None:
     (tmp_path / "version_3").write_text("a file, not a folder")
     assert version_folders(tmp_path) == {0: tmp_path / "version_0", 12: tmp_path / "version_12"}
     assert version_folders(tmp_path / "missing") == {}
+
+
+def test_name_none_or_empty_logs_to_root_dir_version_n(tmp_path: Path) -> None:
+    for name in (None, ""):
+        logger = CSVLogger(tmp_path, name=name, flush_logs_every_n_steps=1)
+        logger.log_metrics({"loss": 1.0}, step=0)
+        assert logger.name == ""
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["version_0", "version_1"]
+    assert (tmp_path / "version_1" / "metrics.csv").read_text() == "step,loss\n0,1.0\n"
+
+
+def test_home_and_environment_variables_are_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", os.fspath(tmp_path / "home"))
+    monkeypatch.setenv("TREADLE_TEST_RUNS", os.fspath(tmp_path / "scratch"))
+    at_home = CSVLogger("~/logs", name="exp", version=0, flush_logs_every_n_steps=1)
+    at_home.log_metrics({"loss": 1.0}, step=0)
+    assert at_home.root_dir == os.fspath(tmp_path / "home" / "logs")
+    assert (tmp_path / "home" / "logs" / "exp" / "version_0" / "metrics.csv").is_file()
+    scratch = CSVLogger("${TREADLE_TEST_RUNS}/logs", name="exp", version=0)
+    assert scratch.log_dir == os.fspath(tmp_path / "scratch" / "logs" / "exp" / "version_0")
+
+
+def test_steps_are_counted_per_logger_when_none_is_given(tmp_path: Path) -> None:
+    first = CSVLogger(tmp_path, flush_logs_every_n_steps=1)
+    second = CSVLogger(tmp_path, flush_logs_every_n_steps=1)
+    for value in (1.0, 0.5, 0.25):
+        first.log_metrics({"loss": value})
+    second.log_metrics({"loss": 9.0})
+    assert read_csv_metrics(metrics_file(first)) == {"loss": [(0, 1.0), (1, 0.5), (2, 0.25)]}
+    assert read_csv_metrics(metrics_file(second)) == {"loss": [(0, 9.0)]}
+
+
+def test_a_reused_version_warns_and_starts_afresh(tmp_path: Path) -> None:
+    # Regression: a second run given the same version appended its rows to the first run's, silently.
+    earlier = CSVLogger(tmp_path, version=0)
+    earlier.log_metrics({"loss": 1.0, "acc": 0.1}, step=0)
+    earlier.finalize("success")
+    again = CSVLogger(tmp_path, version=0)
+    with pytest.warns(UserWarning, match=r"metrics.csv already holds metrics of an earlier run.*resume=True"):
+        again.log_metrics({"loss": 0.5}, step=0)
+    assert read_csv_metrics(metrics_file(again)) == {"acc": [(0, 0.1)], "loss": [(0, 1.0)]}  # until it writes
+    again.finalize("success")
+    assert metrics_file(again).read_text() == "step,loss\n0,0.5\n"
+
+
+def test_resume_adds_to_the_rows_without_a_warning(tmp_path: Path) -> None:
+    earlier = CSVLogger(tmp_path, version=0)
+    earlier.log_metrics({"loss": 1.0}, step=0)
+    earlier.finalize("interrupted")
+    resumed = CSVLogger(tmp_path, version=0, resume=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resumed.log_metrics({"loss": 0.5}, step=1)
+        resumed.finalize("success")
+    assert read_csv_metrics(metrics_file(resumed)) == {"loss": [(0, 1.0), (1, 0.5)]}
+
+
+def test_a_pickled_copy_and_its_original_replace_an_earlier_file_once(tmp_path: Path) -> None:
+    # Fabric(strategy="ddp_spawn"): the parent's logger is pickled before it logs; the child's copy writes
+    # first, then the parent. The earlier run's rows go; neither of the two loses the other's.
+    CSVLogger(tmp_path, version=0, flush_logs_every_n_steps=1).log_metrics({"loss": 9.0}, step=0)
+    parent = CSVLogger(tmp_path, version=0, flush_logs_every_n_steps=1)
+    with pytest.warns(UserWarning, match="already holds metrics"):
+        child = pickle.loads(pickle.dumps(parent))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once, when the decision was taken
+        child.log_metrics({"loss": 1.0}, step=1)
+        parent.log_metrics({"loss": 0.5}, step=2)
+    assert read_csv_metrics(metrics_file(parent)) == {"loss": [(1, 1.0), (2, 0.5)]}
+
+
+def test_experiment_is_the_writer_with_lightning_names(tmp_path: Path) -> None:
+    logger = CSVLogger(tmp_path, version=0)
+    writer = logger.experiment
+    assert writer.log_dir == logger.log_dir
+    assert writer.metrics_file_path == os.path.join(logger.log_dir, "metrics.csv")
+    writer.log_metrics({"loss": 1.0}, step=0)
+    writer.log_hparams({"lr": 0.1})
+    writer.save()
+    assert read_csv_metrics(writer.metrics_file_path) == {"loss": [(0, 1.0)]}
+    assert json.loads((Path(logger.log_dir) / "hparams.json").read_text()) == {"lr": 0.1}

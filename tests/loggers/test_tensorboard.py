@@ -139,8 +139,12 @@ def test_writer_arguments_are_checked_in_the_constructor(tmp_path: Path) -> None
         TensorBoardLogger(tmp_path, log_dir="elsewhere")
     with pytest.raises(TypeError, match=r"TensorBoardLogger\(flush_sec=...\).*Choose from"):
         TensorBoardLogger(tmp_path, flush_sec=5)
-    with pytest.raises(ValueError, match=r"TensorBoardLogger\(name=''\) must be a non-empty str"):
-        TensorBoardLogger(tmp_path, name="")
+    with pytest.raises(ValueError, match=r"TensorBoardLogger\(name=' '\) is only spaces"):
+        TensorBoardLogger(tmp_path, name=" ")
+    with pytest.raises(ValueError, match=r"TensorBoardLogger\(sub_dir='../x'\) must be a relative folder"):
+        TensorBoardLogger(tmp_path, sub_dir="../x")
+    with pytest.raises(TypeError, match=r"TensorBoardLogger\(log_graph=1\) must be True or False"):
+        TensorBoardLogger(tmp_path, log_graph=1)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"TensorBoardLogger\(prefix=1\) must be a str"):
         TensorBoardLogger(tmp_path, prefix=1)  # type: ignore[arg-type]
 
@@ -189,3 +193,76 @@ def test_construction_does_not_import_tensorboard(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def hparams_session(log_dir: str) -> tuple[dict[str, object], list[str]]:
+    """The hparams recorded in ``log_dir`` and the metric names the HParams tab lists for them."""
+    events = load(log_dir)
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        events.SummaryMetadata("_hparams_/session_start_info").plugin_data.content
+    ).session_start_info.hparams
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(
+        events.SummaryMetadata("_hparams_/experiment").plugin_data.content
+    ).experiment
+    values = {key: value.number_value or value.string_value for key, value in start.items()}
+    return values, [info.name.tag for info in experiment.metric_infos]
+
+
+def test_log_hyperparams_with_metrics_and_the_default_hp_metric(tmp_path: Path) -> None:
+    with_results = TensorBoardLogger(tmp_path, version="results", prefix="hp")
+    with_results.log_hyperparams({"lr": 0.1}, metrics={"val_acc": 0.9}, step=7)
+    with_results.finalize("success")
+    assert hparams_session(with_results.log_dir) == ({"lr": pytest.approx(0.1)}, ["hp/val_acc"])
+    assert [(e.step, e.value) for e in load(with_results.log_dir).Scalars("hp/val_acc")] == [
+        (7, pytest.approx(0.9))
+    ]
+
+    placeholder = TensorBoardLogger(tmp_path, version="placeholder")
+    placeholder.log_hyperparams({"lr": 0.1})
+    placeholder.log_metrics({"hp_metric": 0.5}, step=10)  # the run's result fills the placeholder in
+    placeholder.finalize("success")
+    assert hparams_session(placeholder.log_dir)[1] == ["hp_metric"]
+    assert [e.value for e in load(placeholder.log_dir).Scalars("hp_metric")] == [-1.0, 0.5]
+
+    plain = TensorBoardLogger(tmp_path, version="plain", default_hp_metric=False)
+    plain.log_hyperparams({"lr": 0.1})
+    plain.finalize("success")
+    assert hparams_session(plain.log_dir) == ({"lr": pytest.approx(0.1)}, [])
+    assert load(plain.log_dir).Tags()["scalars"] == []
+
+
+def test_name_none_sub_dir_and_expanded_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TREADLE_TEST_RUNS", os.fspath(tmp_path))
+    logger = TensorBoardLogger("$TREADLE_TEST_RUNS/tb", name=None, sub_dir="train")
+    assert (logger.name, logger.sub_dir) == ("", "train")
+    logger.log_metrics({"loss": 1.0}, step=0)
+    logger.finalize("success")
+    assert logger.log_dir == os.fspath(tmp_path / "tb" / "version_0" / "train")
+    assert [e.value for e in load(logger.log_dir).Scalars("loss")] == [1.0]
+    assert TensorBoardLogger(tmp_path / "tb", name="").version == 1  # sub_dir does not hide version_0
+
+
+def test_log_graph_draws_the_model_and_warns_without_an_input(tmp_path: Path) -> None:
+    from treadle import Fabric
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(3, 2)
+            self.example_input_array = torch.zeros(1, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu(self.layer(x))
+
+    logger = TensorBoardLogger(tmp_path, log_graph=True)
+    assert logger.log_graph_at_fit_start
+    model = Fabric(accelerator="cpu").setup_module(Net())
+    logger.log_graph(model)  # a set-up model; the input is its example_input_array
+    logger.finalize("success")
+    graph = load(logger.log_dir).Graph()
+    assert any("Linear" in node.op or "linear" in node.op.lower() for node in graph.node)
+
+    with pytest.warns(UserWarning, match="no example_input_array and no input_array"):
+        TensorBoardLogger(tmp_path).log_graph(torch.nn.Linear(3, 2))
+    with pytest.warns(UserWarning, match="input_array is a list"):
+        TensorBoardLogger(tmp_path).log_graph(torch.nn.Linear(3, 2), [torch.zeros(1, 3)])

@@ -20,6 +20,7 @@ PREFIX_SEPARATOR = "/"
 ``/``, so ``prefix="train"`` gives a "train" section; the CSV column reads ``train/loss``."""
 
 _VERSION_FOLDER = re.compile(r"version_(\d+)")
+_UNSET_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 
 
 @runtime_checkable
@@ -111,6 +112,10 @@ def next_version(experiment_dir: str | os.PathLike[str]) -> int:
 class RunFolder:
     """``root_dir/name/<version>``: the folder one run of one logger writes into.
 
+    ``root_dir`` and ``name`` are read as a shell would: ``~`` is the home folder and ``$VAR`` (or
+    ``${VAR}``) an environment variable, expanded when the folder is made. ``name=None`` or ``""`` leaves
+    the experiment level out: runs go to ``root_dir/version_<N>``.
+
     ``version=None`` means "the next free integer" (see :func:`next_version`). It is resolved on first
     access of :attr:`version` or :attr:`path`, not in the constructor, and resolving only lists the
     experiment folder: nothing is created until the logger first writes. Loggers built on every rank
@@ -123,15 +128,15 @@ class RunFolder:
 
     Args:
         root_dir: Folder holding all experiments.
-        name: Experiment name, a folder under ``root_dir``.
+        name: Experiment name, a folder under ``root_dir``; ``None`` or ``""`` for none.
         version: ``None`` for the next free ``version_<N>``; an int ``N`` for ``version_<N>``; a str is
             used as the folder name as is.
         owner: The class name used in error messages, e.g. ``"CSVLogger"``.
 
     Raises:
         TypeError: An argument has the wrong type.
-        ValueError: ``name`` is empty or blank, ``version`` is negative, or a str ``version`` is not a plain
-            folder name.
+        ValueError: ``name`` is blank (spaces only), ``root_dir`` or ``name`` names an environment variable
+            that is not set, ``version`` is negative, or a str ``version`` is not a plain folder name.
 
     Example:
         >>> RunFolder("logs", "exp", 3, owner="CSVLogger").path.as_posix()
@@ -141,7 +146,7 @@ class RunFolder:
     def __init__(
         self,
         root_dir: str | os.PathLike[str],
-        name: str,
+        name: str | None,
         version: int | str | None,
         *,
         owner: str,
@@ -151,15 +156,17 @@ class RunFolder:
                 f"{owner}(root_dir={root_dir!r}) must be a str or os.PathLike, got "
                 f"{type(root_dir).__name__}. Pass a folder path such as 'logs'."
             )
+        if name is None:
+            name = ""
         if not isinstance(name, str):
             raise TypeError(
-                f"{owner}(name={name!r}) must be a str, got {type(name).__name__}. Pass a name such as "
-                f"'treadle_logs'."
+                f"{owner}(name={name!r}) must be a str or None, got {type(name).__name__}. Pass a name such "
+                f"as 'treadle_logs', or None to write to root_dir/version_<N>."
             )
-        if not name.strip():
+        if name and not name.strip():
             raise ValueError(
-                f"{owner}(name={name!r}) must be a non-empty str: it is the experiment's folder under "
-                f"root_dir. Pass a name such as 'treadle_logs'."
+                f"{owner}(name={name!r}) is only spaces: it is the experiment's folder under root_dir. Pass "
+                f"a name such as 'treadle_logs', or None to write to root_dir/version_<N>."
             )
         if isinstance(version, bool) or not isinstance(version, (int, str, type(None))):
             raise TypeError(
@@ -179,8 +186,8 @@ class RunFolder:
                 f"{owner}(version={version!r}) must be a plain folder name (no path separators, not '', "
                 f"'.' or '..'). Pass a name such as 'baseline', or None for the next free version_<N>."
             )
-        self._root_dir = os.fspath(root_dir)
-        self._name = name
+        self._root_dir = _expand(os.fspath(root_dir), "root_dir", owner)
+        self._name = _expand(name, "name", owner) if name else ""
         self._version = version
 
     @property
@@ -218,8 +225,8 @@ class FolderLogger:
     :meth:`_prefixed_metrics` to check and name the values they are given.
 
     Args:
-        root_dir: Folder holding all experiments.
-        name: Experiment name, a folder under ``root_dir``.
+        root_dir: Folder holding all experiments (``~`` and ``$VAR`` are expanded).
+        name: Experiment name, a folder under ``root_dir``; ``None`` or ``""`` for none.
         version: See :class:`RunFolder`.
         prefix: Prepended to every metric name with :data:`PREFIX_SEPARATOR`; ``""`` for none.
         owner: The class name used in error messages, e.g. ``"CSVLogger"``.
@@ -237,7 +244,7 @@ class FolderLogger:
     def __init__(
         self,
         root_dir: str | os.PathLike[str],
-        name: str,
+        name: str | None,
         version: int | str | None,
         prefix: str,
         *,
@@ -274,6 +281,19 @@ class FolderLogger:
                 raise ValueError(f"{where} got metric name {key!r}; names must be non-empty str.")
             values[join_prefix(self._prefix, key)] = to_number(key, value, where)
         return values
+
+
+def _expand(path: str, argument: str, owner: str) -> str:
+    expanded = os.path.expandvars(os.path.expanduser(path))
+    # os.path.expandvars leaves an unset variable as it is: a folder literally named "$SCRATCH" is never
+    # what was meant.
+    unset = _UNSET_VARIABLE.search(expanded)
+    if unset is not None:
+        raise ValueError(
+            f"{owner}({argument}={path!r}) names the environment variable {unset.group(0)}, which is not "
+            f"set. Set it (export {unset.group(1) or unset.group(2)}=...) or pass the folder itself."
+        )
+    return expanded
 
 
 def join_prefix(prefix: str, name: str) -> str:

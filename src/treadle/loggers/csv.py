@@ -18,7 +18,7 @@ from typing import Any
 from treadle.files import atomic_open
 from treadle.loggers.base import FolderLogger, RunFolder, check_step, params_to_dict
 
-__all__ = ["HPARAMS_FILE", "METRICS_FILE", "CSVLogger", "read_csv_metrics"]
+__all__ = ["HPARAMS_FILE", "METRICS_FILE", "CSVExperiment", "CSVLogger", "read_csv_metrics"]
 
 METRICS_FILE = "metrics.csv"
 HPARAMS_FILE = "hparams.json"
@@ -36,8 +36,8 @@ class _Row:
 class CSVLogger(FolderLogger):
     """Write metrics to ``root_dir/name/version_N/metrics.csv`` and hyperparameters to ``hparams.json``.
 
-    The CSV has a ``step`` column (empty when a value was logged without a step) followed by one column
-    per metric, sorted by name; a cell is empty when that metric was not logged in that row. Values are
+    The CSV has a ``step`` column followed by one column per metric, sorted by name; a call without a step
+    gets the logger's own count of such calls (0, 1, 2, ...), as in Lightning; a cell is empty when that metric was not logged in that row. Values are
     written exactly as Python prints them, so non-finite values read ``nan``, ``inf`` or ``-inf``.
     Consecutive ``log_metrics`` calls with the same step and different metrics are merged into one row.
 
@@ -48,8 +48,12 @@ class CSVLogger(FolderLogger):
     to the step of the row written last rewrites that row's line in place, so same-step metrics share a
     row even across a write. When a metric appears that the file has no column for, the file is
     rewritten with the wider header, earlier rows kept, and the new file replaces the old one atomically;
-    otherwise rows are appended. If ``metrics.csv`` already exists when the logger first writes (an
-    explicit ``version`` reused to resume a run), its rows are kept and new rows are added after them.
+    otherwise rows are appended.
+
+    If the version folder already holds a ``metrics.csv`` when the logger first logs (an explicit
+    ``version`` used again), the logger warns and starts the file afresh: the old rows are replaced at its
+    first write, never silently mixed with the new run's. To add to them instead, as a run resumed from a
+    checkpoint wants, pass ``resume=True``.
     A pickled or copied logger starts with an empty buffer: the original writes the rows it buffered. When
     another writer (such a copy, or a second logger given the same version) has changed the file since this
     logger last wrote, the header is read again before appending, so every row lands under its column.
@@ -60,19 +64,22 @@ class CSVLogger(FolderLogger):
     calls it only on global rank 0, and a logger that never logs creates nothing.
 
     Args:
-        root_dir: Folder that holds all experiments.
-        name: Experiment name: a folder under ``root_dir``.
+        root_dir: Folder that holds all experiments; ``~`` and ``$VAR`` are expanded.
+        name: Experiment name: a folder under ``root_dir``. ``None`` or ``""`` for none: runs go to
+            ``root_dir/version_<N>``.
         version: ``None`` for the next free ``version_<N>`` folder, an int ``N`` for ``version_<N>``, or a
             str used as the folder name.
         prefix: Prepended to every metric name with a ``/``: ``prefix="train"`` logs ``loss`` as
             ``train/loss``. ``""`` for none.
         flush_logs_every_n_steps: How many ``log_metrics`` calls to buffer before writing; 1 writes every
             call at once.
+        resume: Add to the rows of an existing ``metrics.csv`` in the version folder (a run resumed from a
+            checkpoint) instead of starting it afresh.
 
     Raises:
-        TypeError: ``root_dir``, ``version`` or ``prefix`` has the wrong type.
-        ValueError: ``name`` is empty, ``version`` is not a valid folder, or ``flush_logs_every_n_steps``
-            is not a positive int.
+        TypeError: ``root_dir``, ``version``, ``prefix`` or ``resume`` has the wrong type.
+        ValueError: ``name`` is blank, ``version`` is not a valid folder, ``root_dir`` names an unset
+            environment variable, or ``flush_logs_every_n_steps`` is not a positive int.
 
     Example:
         >>> import tempfile
@@ -87,12 +94,18 @@ class CSVLogger(FolderLogger):
     def __init__(
         self,
         root_dir: str | os.PathLike[str],
-        name: str = "treadle_logs",
+        name: str | None = "treadle_logs",
         version: int | str | None = None,
         prefix: str = "",
         flush_logs_every_n_steps: int = 100,
+        resume: bool = False,
     ) -> None:
         super().__init__(root_dir, name, version, prefix, owner="CSVLogger")
+        if not isinstance(resume, bool):
+            raise TypeError(
+                f"CSVLogger(resume={resume!r}) must be True or False: True adds to an existing metrics.csv "
+                f"(a resumed run), False starts it afresh."
+            )
         if (
             isinstance(flush_logs_every_n_steps, bool)
             or not isinstance(flush_logs_every_n_steps, int)
@@ -107,10 +120,17 @@ class CSVLogger(FolderLogger):
         self._hparams: dict[str, Any] = {}
         self._status: str | None = None
         self._folder_made = False
+        self._resume = resume
+        self._implicit_step = 0
+        # The metrics.csv this run found in its folder and will replace at its first write; None when there
+        # was none, or when resuming. Decided once, at the first log_metrics (or pickling).
+        self._replaces: _Signature | None = None
+        self._decided = False
         self._open_metrics_file()
 
     def _open_metrics_file(self) -> None:
         self._file = _MetricsFile(self._folder)
+        self._file.replaces = self._replaces
         # The finalizer holds the buffer, not the logger, so the logger can still be collected; it runs
         # once, when the logger is collected or at interpreter exit, whichever comes first.
         weakref.finalize(self, _write_left_over_rows, self._file)
@@ -118,14 +138,24 @@ class CSVLogger(FolderLogger):
     def __getstate__(self) -> dict[str, Any]:
         # Fabric(strategy="ddp_spawn") pickles its loggers. The copy starts with an empty buffer and learns
         # the columns from the file, so rows buffered here are written once, by this logger.
+        # The copy shares this logger's decision about an earlier run's metrics.csv: whichever of the two
+        # writes first replaces that file, and the other then adds to the new one.
+        self._claim_folder()
         state = self.__dict__.copy()
         del state["_file"]
         state["_calls_since_flush"] = 0
+        state["_replaces"] = self._file.replaces
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._open_metrics_file()
+
+    @property
+    def experiment(self) -> CSVExperiment:
+        """The object that writes this logger's files, as Lightning's ``CSVLogger.experiment``: its
+        ``log_dir``, ``metrics_file_path``, ``log_metrics``, ``log_hparams`` and ``save``."""
+        return CSVExperiment(self)
 
     @property
     def status(self) -> str | None:
@@ -137,7 +167,7 @@ class CSVLogger(FolderLogger):
 
         Args:
             metrics: Metric name to value: Python numbers, or tensors with one element.
-            step: The global step, or None to leave the row's step empty.
+            step: The global step, or None for this logger's count of step-less calls (0, 1, 2, ...).
 
         Raises:
             TypeError: ``step`` is not an int, or a value is not a number.
@@ -153,11 +183,15 @@ class CSVLogger(FolderLogger):
             )
         if not values:
             return
+        if step is None:
+            step = self._implicit_step
+            self._implicit_step += 1
         if not self._folder_made:
             # Fix the version at first use rather than at first write, and claim it by creating the folder
             # now: the next logger made in this process (a sweep) or on this root_dir then counts past it,
             # instead of picking the same version before this one's first write creates the folder.
-            self._folder.resolve().mkdir(parents=True, exist_ok=True)
+            self._claim_folder()
+            self._folder.path.mkdir(parents=True, exist_ok=True)
             self._folder_made = True
         self._file.add(step, values)
         self._calls_since_flush += 1
@@ -196,6 +230,63 @@ class CSVLogger(FolderLogger):
         self._calls_since_flush = 0
         self._file.write()
 
+    def _claim_folder(self) -> None:
+        """Fix the version, and decide once whether an earlier run's metrics.csv there is replaced."""
+        if self._decided:
+            return
+        self._decided = True
+        path = self._folder.resolve() / METRICS_FILE
+        found = _signature(path)
+        if found is None or found[1] == 0 or self._resume or not _written_by_csv_logger(path):
+            return  # a file of another tool is never replaced: the first write refuses it, naming it
+        warnings.warn(
+            f"CSVLogger: {path} already holds metrics of an earlier run; this run starts the file afresh "
+            f"(its rows are replaced at the first write). Pass CSVLogger(..., resume=True) to add to them "
+            f"(a run resumed from a checkpoint), or version=None for a new version_<N> folder.",
+            UserWarning,
+            stacklevel=3,
+        )
+        self._file.replaces = found
+
+
+class CSVExperiment:
+    """What ``CSVLogger.experiment`` returns: the logger's writer, under the names Lightning's CSV
+    experiment writer has, for code that reaches for ``logger.experiment``.
+
+    Example:
+        >>> import tempfile
+        >>> writer = CSVLogger(tempfile.mkdtemp(), version=0).experiment
+        >>> writer.log_metrics({"loss": 1.0}, step=0)
+        >>> writer.save()
+        >>> Path(writer.metrics_file_path).name
+        'metrics.csv'
+    """
+
+    def __init__(self, logger: CSVLogger) -> None:
+        self._logger = logger
+
+    @property
+    def log_dir(self) -> str:
+        """The run folder."""
+        return self._logger.log_dir
+
+    @property
+    def metrics_file_path(self) -> str:
+        """The path of ``metrics.csv``."""
+        return os.path.join(self._logger.log_dir, METRICS_FILE)
+
+    def log_metrics(self, metrics_dict: Mapping[str, float], step: int | None = None) -> None:
+        """Same as :meth:`CSVLogger.log_metrics`."""
+        self._logger.log_metrics(metrics_dict, step)
+
+    def log_hparams(self, params: Mapping[str, Any] | argparse.Namespace) -> None:
+        """Same as :meth:`CSVLogger.log_hyperparams`."""
+        self._logger.log_hyperparams(params)
+
+    def save(self) -> None:
+        """Same as :meth:`CSVLogger.save`."""
+        self._logger.save()
+
 
 class _MetricsFile:
     """The rows a `CSVLogger` has not written yet, and what it knows about its ``metrics.csv``.
@@ -222,6 +313,9 @@ class _MetricsFile:
         # A forked child (a DataLoader worker) inherits this buffer; only the process that made it may
         # write it on exit, or rows would be written twice.
         self.pid = os.getpid()
+        # An earlier run's file as it was when the logger found it: replaced at the first write if it is
+        # still that file (a pickled copy may have replaced it already).
+        self.replaces: _Signature | None = None
 
     def add(self, step: int | None, values: dict[str, int | float]) -> None:
         last = self.pending[-1] if self.pending else self.tail
@@ -239,6 +333,15 @@ class _MetricsFile:
             return
         path = self.folder.path / METRICS_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
+        if self.replaces is not None:
+            if _signature(path) == self.replaces:  # still the earlier run's file: start it afresh
+                self.columns = sorted(set().union(*(row.values.keys() for row in self.pending)))
+                self._rewrite(path, None, self.columns)
+                self.replace_tail = False
+                self.replaces = None
+                self._wrote(path)
+                return
+            self.replaces = None
         if self.columns is not None and _signature(path) != self.signature:
             self._forget_file()
         if self.replace_tail:
@@ -257,6 +360,10 @@ class _MetricsFile:
         else:
             with open(path, "ab") as file:
                 file.write(_encode(self.pending, self.columns))
+        self._wrote(path)
+
+    def _wrote(self, path: Path) -> None:
+        assert self.columns is not None  # set by every write path above
         self.tail = self.pending[-1]
         stat = path.stat()
         self.signature = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
@@ -387,6 +494,15 @@ def _parse_step(cell: str, path: Path, line: int) -> int:
             f"that row."
         )
     return int(as_float)
+
+
+def _written_by_csv_logger(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8", newline="") as file:
+            header = next(csv.reader(file), None)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    return header is not None and header[:1] == [_STEP]
 
 
 def _existing_columns(path: Path) -> list[str] | None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import gc
 import json
 import math
@@ -12,6 +13,7 @@ import sys
 import textwrap
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -349,12 +351,14 @@ def test_resuming_an_explicit_version_appends_after_existing_rows(tmp_path: Path
 
     resumed = CSVLogger(tmp_path, version="run", resume=True)
     resumed.log_metrics({"loss": 0.8}, step=2)
-    resumed.save()
+    with pytest.warns(UserWarning, match=r"last row of .*metrics.csv was torn.*'1,0.9'.*removed"):
+        resumed.save()
     resumed.log_metrics({"loss": 0.7, "acc": 0.1}, step=3)
     resumed.save()
+    # The torn row may hold cut cells (0.9 of 0.95): it is dropped, not trusted.
     assert read_csv_metrics(metrics_file(resumed)) == {
         "acc": [(3, 0.1)],
-        "loss": [(0, 1.0), (1, 0.9), (2, 0.8), (3, 0.7)],
+        "loss": [(0, 1.0), (2, 0.8), (3, 0.7)],
     }
 
 
@@ -378,7 +382,11 @@ def test_refuses_to_append_to_a_foreign_csv(tmp_path: Path) -> None:
         ({"root_dir": 123}, TypeError, r"CSVLogger\(root_dir=123\) must be a str or os.PathLike, got int"),
         ({"name": "  "}, ValueError, r"CSVLogger\(name='  '\) is only spaces.*'treadle_logs'"),
         ({"name": 3}, TypeError, r"CSVLogger\(name=3\) must be a str or None, got int"),
-        ({"root_dir": "$TREADLE_UNSET_VAR/logs"}, ValueError, r"root_dir='\$TREADLE_UNSET_VAR/logs'\) names the environment variable \$TREADLE_UNSET_VAR, which is not set"),
+        (
+            {"root_dir": "$TREADLE_UNSET_VAR/logs"},
+            ValueError,
+            r"root_dir='\$TREADLE_UNSET_VAR/logs'\) names the environment variable \$TREADLE_UNSET_VAR, which is not set",
+        ),
         ({"resume": "yes"}, TypeError, r"CSVLogger\(resume='yes'\) must be True or False"),
         ({"version": -1}, ValueError, r"CSVLogger\(version=-1\) must be >= 0. Pass None"),
         ({"version": 1.5}, TypeError, r"CSVLogger\(version=1.5\) must be None, an int or a str, got float"),
@@ -573,3 +581,102 @@ def test_experiment_is_the_writer_with_lightning_names(tmp_path: Path) -> None:
     writer.save()
     assert read_csv_metrics(writer.metrics_file_path) == {"loss": [(0, 1.0)]}
     assert json.loads((Path(logger.log_dir) / "hparams.json").read_text()) == {"lr": 0.1}
+
+
+class FullDisk:
+    """`open` for treadle.loggers.csv whose appends write part of their bytes, then fail with ENOSPC, as
+    a disk that fills up mid-write does."""
+
+    def __init__(self) -> None:
+        self.full = True
+
+    def __call__(self, path: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        file = open(path, mode, *args, **kwargs)  # noqa: SIM115
+        if mode != "ab" or not self.full:
+            return file
+        disk = self
+
+        class Partial:
+            def __enter__(self) -> Partial:
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                file.close()
+
+            def write(self, data: bytes) -> int:
+                if disk.full:
+                    file.write(data[: len(data) // 2])
+                    file.flush()
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                return file.write(data)
+
+        return Partial()
+
+
+def test_a_full_disk_names_the_file_and_leaves_whole_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import treadle.loggers.csv as csv_module
+
+    logger = CSVLogger(tmp_path, flush_logs_every_n_steps=1)
+    logger.log_metrics({"loss": 1.0}, step=0)
+    disk = FullDisk()
+    monkeypatch.setattr(csv_module, "open", disk, raising=False)
+    with pytest.raises(
+        OSError, match=r"could not write 1 row\(s\) to .*metrics.csv: no space left on device"
+    ) as caught:
+        logger.log_metrics({"loss": 0.5}, step=1)
+    assert (
+        caught.value.errno == errno.ENOSPC and str(caught.value).count(os.fspath(metrics_file(logger))) == 1
+    )
+    assert metrics_file(logger).read_text() == "step,loss\n0,1.0\n"  # no torn row
+    with pytest.raises(OSError, match=r"could not write 2 row\(s\)"):  # the failed row is still pending
+        logger.log_metrics({"loss": 0.25}, step=2)
+    assert metrics_file(logger).read_text() == "step,loss\n0,1.0\n"
+    disk.full = False  # space was freed
+    logger.save()
+    assert metrics_file(logger).read_text() == "step,loss\n0,1.0\n1,0.5\n2,0.25\n"
+
+
+def test_a_full_disk_while_widening_the_header_keeps_the_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import treadle.files
+
+    logger = CSVLogger(tmp_path, flush_logs_every_n_steps=1)
+    logger.log_metrics({"loss": 1.0}, step=0)
+    real_fdopen = os.fdopen
+
+    def full_fdopen(fd: int, *args: Any, **kwargs: Any) -> Any:
+        file = real_fdopen(fd, *args, **kwargs)
+        file.write = lambda data: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device"))
+        return file
+
+    monkeypatch.setattr(treadle.files.os, "fdopen", full_fdopen)
+    with pytest.raises(OSError, match=r"to .*metrics.csv: no space left on device"):
+        logger.log_metrics({"acc": 0.5}, step=1)  # a new column: the file is rewritten
+    with pytest.raises(OSError, match=r"could not write .*hparams.json: no space left on device"):
+        logger.log_hyperparams({"lr": 0.1})
+    monkeypatch.undo()
+    assert metrics_file(logger).read_text() == "step,loss\n0,1.0\n"
+    assert sorted(p.name for p in Path(logger.log_dir).iterdir()) == ["metrics.csv"]  # no temp file left
+    logger.save()
+    assert metrics_file(logger).read_text() == "step,acc,loss\n0,,1.0\n1,0.5,\n"
+
+
+def test_a_full_disk_during_a_merge_into_the_last_row_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import treadle.loggers.csv as csv_module
+
+    logger = CSVLogger(tmp_path, flush_logs_every_n_steps=1)
+    logger.log_metrics({"loss": 1.0, "lr": 0.1}, step=0)
+    logger.log_metrics({"loss": 0.5}, step=1)
+    disk = FullDisk()
+    monkeypatch.setattr(csv_module, "open", disk, raising=False)
+    with pytest.raises(OSError, match="no space left on device"):
+        logger.log_metrics({"lr": 0.05}, step=1)  # rewrites the last line with both values
+    assert metrics_file(logger).read_text() == "step,loss,lr\n0,1.0,0.1\n"  # whole rows only
+    disk.full = False
+    logger.save()
+    assert metrics_file(logger).read_text() == "step,loss,lr\n0,1.0,0.1\n1,0.5,0.05\n"

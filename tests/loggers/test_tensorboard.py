@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -266,3 +267,32 @@ def test_log_graph_draws_the_model_and_warns_without_an_input(tmp_path: Path) ->
         TensorBoardLogger(tmp_path).log_graph(torch.nn.Linear(3, 2))
     with pytest.warns(UserWarning, match="input_array is a list"):
         TensorBoardLogger(tmp_path).log_graph(torch.nn.Linear(3, 2), [torch.zeros(1, 3)])
+
+
+# TensorBoard's writer thread records its error for the next flush, then dies with it: pytest reports that.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_full_disk_names_the_folder_and_logging_recovers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from tensorboard.summary.writer import record_writer
+
+    logger = TensorBoardLogger(tmp_path)
+    logger.log_metrics({"loss": 1.0}, step=0)
+    logger.save()
+    real_write = record_writer.RecordWriter.write
+
+    def full(self: Any, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(record_writer.RecordWriter, "write", full)
+    logger.log_metrics({"loss": 0.5}, step=1)  # queued: the writer's thread meets the full disk
+    with pytest.raises(
+        OSError, match=r"could not write its event file in .*version_0: no space left on device"
+    ):
+        logger.save()
+    monkeypatch.setattr(record_writer.RecordWriter, "write", real_write)  # space was freed
+    logger.log_metrics({"loss": 0.25}, step=2)  # a new event file in the same folder
+    logger.finalize("success")
+    assert [(e.step, e.value) for e in load(logger.log_dir).Scalars("loss")] == [(0, 1.0), (2, 0.25)]

@@ -4,14 +4,16 @@ it back."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
+import errno
 import io
 import json
 import os
 import warnings
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -214,8 +216,16 @@ class CSVLogger(FolderLogger):
         folder = self._folder.path
         folder.mkdir(parents=True, exist_ok=True)
         text = json.dumps(_jsonable(self._hparams), indent=2, default=str)
-        with atomic_open(folder / HPARAMS_FILE, "w") as file:
-            file.write(text + "\n")
+        try:
+            with atomic_open(folder / HPARAMS_FILE, "w") as file:
+                file.write(text + "\n")
+        except OSError as error:
+            reason = (
+                "no space left on device" if error.errno == errno.ENOSPC else error.strerror or str(error)
+            )
+            raise type(error)(
+                error.errno, f"CSVLogger could not write {folder / HPARAMS_FILE}: {reason}."
+            ) from error
 
     def save(self) -> None:
         """Write all buffered rows to ``metrics.csv``."""
@@ -345,22 +355,37 @@ class _MetricsFile:
         if self.columns is not None and _signature(path) != self.signature:
             self._forget_file()
         if self.replace_tail:
-            # The tail is the file's last line: cut it, then write its merged row like any other.
-            with open(path, "rb+") as file:
+            # The tail is the file's last line: cut it, then write its merged row like any other. Should
+            # that write fail, the merged row (all of the tail's values) is still pending: nothing is lost.
+            with _named_errors(path, len(self.pending)), open(path, "rb+") as file:
                 file.truncate(self.tail_offset)
             self.replace_tail = False
+            self.tail = None
         if self.columns is None:
             self.columns = _existing_columns(path)
         on_disk = set(self.columns or ())
         needed = on_disk.union(*(row.values.keys() for row in self.pending))
         if self.columns is None or needed != on_disk:
             columns = sorted(needed)
-            self._rewrite(path, self.columns, columns)
+            with _named_errors(path, len(self.pending)):
+                self._rewrite(path, self.columns, columns)  # atomic: on failure the old file stays whole
             self.columns = columns
         else:
-            with open(path, "ab") as file:
-                file.write(_encode(self.pending, self.columns))
+            self._append(path, _encode(self.pending, self.columns))
         self._wrote(path)
+
+    def _append(self, path: Path, data: bytes) -> None:
+        """Add whole rows to the file, or none: a failed write (a full disk) is cut back to the last row."""
+        size = path.stat().st_size
+        try:
+            with open(path, "ab") as file:
+                file.write(data)
+        except OSError as error:
+            with contextlib.suppress(OSError):  # if this fails, the next open repairs the torn last row
+                os.truncate(path, size)
+            stat = path.stat()
+            self.signature = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+            raise _named(error, path, len(self.pending)) from error
 
     def _wrote(self, path: Path) -> None:
         assert self.columns is not None  # set by every write path above
@@ -519,12 +544,48 @@ def _existing_columns(path: Path) -> list[str] | None:
             f"{path} exists but was not written by CSVLogger: its first column is {header[0]!r}, not "
             f"'step'. Pass another version= to CSVLogger, or move the file away."
         )
-    # A run killed mid-append can leave a last line without its newline; start our rows on a fresh line.
+    # A run killed mid-append (or a disk that filled up) can leave a torn last row, without its newline:
+    # its cells may be cut short (0.9 of 0.95), so it is dropped rather than trusted.
     with open(path, "rb+") as raw:
-        raw.seek(-1, os.SEEK_END)
-        if raw.read(1) != b"\n":
-            raw.write(b"\n")
+        size = raw.seek(0, os.SEEK_END)
+        raw.seek(max(0, size - 65536))
+        tail = raw.read()
+        if not tail.endswith(b"\n"):
+            cut = tail.rfind(b"\n")
+            end = size - len(tail) + cut + 1
+            if cut == -1:  # only a header without its newline (or a row too long to judge): keep it
+                raw.write(b"\n")
+            else:
+                torn = tail[cut + 1 :].decode("utf-8", "replace")
+                raw.truncate(end)
+                warnings.warn(
+                    f"CSVLogger: the last row of {path} was torn (written in part, no newline: {torn!r}), "
+                    f"probably by a run that was killed or ran out of disk; it was removed.",
+                    UserWarning,
+                    stacklevel=2,
+                )
     return header[1:]
+
+
+@contextlib.contextmanager
+def _named_errors(path: Path, rows: int) -> Iterator[None]:
+    try:
+        yield
+    except OSError as error:
+        raise _named(error, path, rows) from error
+
+
+def _named(error: OSError, path: Path, rows: int) -> OSError:
+    """``error`` again, saying which file could not be written and that the rows are kept."""
+    reason = error.strerror or str(error)
+    if error.errno == errno.ENOSPC:
+        reason = "no space left on device"
+    message = (
+        f"CSVLogger could not write {rows} row(s) to {path}: {reason}. The rows stay buffered and the file "
+        f"holds whole rows only; free the problem (e.g. disk space) and call save() again."
+    )
+    # No filename argument: OSError would print it a second time after the message.
+    return type(error)(error.errno, message) if error.errno is not None else OSError(message)
 
 
 def _encode(rows: Iterable[_Row], columns: list[str]) -> bytes:

@@ -6,9 +6,11 @@ TensorBoard is optional: it is imported when the logger first writes, never on i
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from treadle.loggers.base import FolderLogger, check_step, join_prefix, params_to_dict
@@ -163,8 +165,9 @@ class TensorBoardLogger(FolderLogger):
             checked = self._implicit_step
             self._implicit_step += 1
         writer = self.experiment
-        for tag, value in values.items():
-            writer.add_scalar(tag, value, global_step=checked)
+        with self._named_errors():
+            for tag, value in values.items():
+                writer.add_scalar(tag, value, global_step=checked)
 
     def log_hyperparams(
         self,
@@ -207,8 +210,9 @@ class TensorBoardLogger(FolderLogger):
         # session-end record always says "success" even for a run that later fails; write only the two
         # records that describe the run, into this run's own event file.
         file_writer = writer._get_file_writer()  # type: ignore[no-untyped-call]
-        file_writer.add_summary(experiment)
-        file_writer.add_summary(session_start)
+        with self._named_errors():
+            file_writer.add_summary(experiment)
+            file_writer.add_summary(session_start)
 
     def log_graph(self, model: nn.Module, input_array: Any = None) -> None:
         """Draw ``model``'s computation graph in TensorBoard's Graphs tab, by tracing one forward call.
@@ -254,16 +258,51 @@ class TensorBoardLogger(FolderLogger):
         self.experiment.add_graph(module, input_array)
 
     def save(self) -> None:
-        """Flush pending events to disk."""
+        """Flush pending events to disk.
+
+        Raises:
+            OSError: The event file could not be written (a full disk); the message names the folder.
+        """
         if self._writer is not None:
-            self._writer.flush()
+            with self._named_errors():
+                self._writer.flush()
 
     def finalize(self, status: str) -> None:
-        """Flush and close the event file; calling it again is harmless, and logging after it reopens."""
+        """Flush and close the event file; calling it again is harmless, and logging after it reopens.
+
+        Raises:
+            OSError: The event file could not be written (a full disk); the message names the folder. The
+                writer is closed all the same.
+        """
         if self._writer is not None:
-            self._writer.flush()
-            self._writer.close()
-            self._writer = None
+            writer, self._writer = self._writer, None
+            with self._named_errors():
+                try:
+                    writer.flush()
+                finally:
+                    writer.close()
+
+    @contextlib.contextmanager
+    def _named_errors(self) -> Iterator[None]:
+        # SummaryWriter writes from a background thread, and re-raises that thread's error (a full disk)
+        # at the next write or flush, naming nothing. Each event is a checksummed record: TensorBoard skips
+        # a torn last one when it reads the file, so the events before it stay readable.
+        try:
+            yield
+        except OSError as error:
+            # The writer's thread is dead; the next write opens a new event file in the same folder.
+            broken, self._writer = self._writer, None
+            if broken is not None:
+                with contextlib.suppress(Exception):
+                    broken.close()
+            reason = (
+                "no space left on device" if error.errno == errno.ENOSPC else error.strerror or str(error)
+            )
+            raise type(error)(
+                error.errno,
+                f"TensorBoardLogger could not write its event file in {self.log_dir}: {reason}. Events "
+                f"written before stay readable; free the problem (e.g. disk space) and log again.",
+            ) from error
 
 
 def _check_sub_dir(sub_dir: object) -> str | None:

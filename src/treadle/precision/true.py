@@ -37,7 +37,17 @@ class TruePrecision(Precision):
         self.name = _NAMES[dtype]  # type: ignore[misc]  # per-instance: one class serves three dtypes
 
     def convert_module(self, module: nn.Module) -> nn.Module:
-        return module.to(dtype=self.dtype)
+        # Not `module.to(dtype)`: that casts complex tensors to the real dtype too, dropping their imaginary
+        # part. Real tensors take `dtype`; complex ones become complex128 under float64 and otherwise stay as
+        # they are (there is no complex bfloat16, and torch's complex32 supports few operations).
+        return module._apply(self._cast_state)
+
+    def _cast_state(self, tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.is_floating_point():
+            return tensor.to(self.dtype)
+        if tensor.is_complex() and self.dtype == torch.float64:
+            return tensor.to(torch.complex128)
+        return tensor
 
     @contextlib.contextmanager
     def module_init_context(self) -> Iterator[None]:
@@ -60,13 +70,10 @@ class TruePrecision(Precision):
         return self.tensor_init_context()
 
     def convert_input(self, data: Any) -> Any:
-        return map_tensors(data, self._cast)
+        return map_tensors(data, self._cast_state)
 
     def convert_output(self, data: Any) -> Any:
         # Outputs leave the model in the default dtype (float32), as Lightning Fabric does, so a ported loop
         # computes its loss in the same precision it did there.
         default = torch.get_default_dtype()
         return map_tensors(data, lambda t: t.to(default) if torch.is_floating_point(t) else t)
-
-    def _cast(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor.to(self.dtype) if torch.is_floating_point(tensor) else tensor

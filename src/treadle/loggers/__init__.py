@@ -10,7 +10,16 @@ from treadle.loggers.base import Logger
 from treadle.loggers.csv import CSVLogger, read_csv_metrics
 from treadle.loggers.mlflow import MLflowLogger
 from treadle.loggers.tensorboard import TensorBoardLogger
+from treadle.loggers.wandb import WandbLogger
 
 MLFlowLogger = MLflowLogger  # Lightning's spelling
 
-__all__ = ["CSVLogger", "Logger", "MLFlowLogger", "MLflowLogger", "TensorBoardLogger", "read_csv_metrics"]
+__all__ = [
+    "CSVLogger",
+    "Logger",
+    "MLFlowLogger",
+    "MLflowLogger",
+    "TensorBoardLogger",
+    "WandbLogger",
+    "read_csv_metrics",
+]

@@ -8,12 +8,14 @@ ignores the chunks that another process interrupted. Target: treadle >= 0.97x th
 
     python bench/bench_step.py                 # cpu, 32-true and bf16-mixed (cuda too when available)
     python bench/bench_step.py --devices cpu --rounds 15
+    python bench/bench_step.py --devices cuda --rows rows.jsonl   # also append rows for bench/gpu_table.py
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import statistics
 import time
 from collections.abc import Callable
@@ -86,11 +88,11 @@ def fabric_loop(fabric_cls: Any, device: torch.device, precision: str) -> Callab
 
 
 def steps_per_second(
-    loops: dict[str, Callable[[int], None]], device: torch.device, rounds: int
+    loops: dict[str, Callable[[int], None]], device: torch.device, rounds: int, steps: int = STEPS_PER_CHUNK
 ) -> dict[str, list[float]]:
-    """Steps/s of every loop in every round."""
+    """Steps/s of every loop in every round, `steps` steps per chunk."""
     for run in loops.values():  # warm-up: allocator, autograd graph caches, dispatch plans
-        run(STEPS_PER_CHUNK)
+        run(steps)
     names = list(loops)
     rates: dict[str, list[float]] = {name: [] for name in names}
     for round_index in range(rounds):
@@ -99,10 +101,10 @@ def steps_per_second(
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            loops[name](STEPS_PER_CHUNK)
+            loops[name](steps)
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            rates[name].append(STEPS_PER_CHUNK / (time.perf_counter() - start))
+            rates[name].append(steps / (time.perf_counter() - start))
     return rates
 
 
@@ -118,10 +120,33 @@ def paired_ratio(rates: dict[str, list[float]], name: str) -> str:
     return f"{statistics.median(ratios):.3f}x [{low:.3f}-{high:.3f}]"
 
 
+def row(device_name: str, precision: str, rates: dict[str, list[float]], name: str) -> dict[str, object]:
+    """The result row of `name` against the raw loop, as bench/gpu_table.py prints it."""
+    ratios = sorted(ours / raw for ours, raw in zip(rates[name], rates["raw"], strict=True))
+    low, _, high = statistics.quantiles(ratios, n=4)
+    device = torch.device(device_name)
+    return {
+        "part": f"tiny-model step {precision}",
+        "loop": name,
+        "baseline": "raw",
+        "card": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "unit": "steps/s",
+        "raw": max(rates["raw"]),
+        "value": max(rates[name]),
+        "ratio": statistics.median(ratios),
+        "ratio_low": low,
+        "ratio_high": high,
+        "best_ratio": max(rates[name]) / max(rates["raw"]),
+        "target": 0.97 if name == "treadle" else None,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", nargs="*", default=None, help="cpu and/or cuda (default: all available)")
     parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=STEPS_PER_CHUNK, help="steps per chunk")
+    parser.add_argument("--rows", default=None, help="append the result rows (JSON lines) to this file")
     args = parser.parse_args()
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     torch.set_num_threads(1)  # one thread: a tiny model is faster so, and the comparison is steadier
@@ -139,9 +164,19 @@ def main() -> None:
             }
             if LightningFabric is not None:
                 loops["lightning"] = fabric_loop(LightningFabric, device, precision)
-            rates = steps_per_second(loops, device, args.rounds)
+            rates = steps_per_second(loops, device, args.rounds, args.steps)
             rows.append((device_name, precision, rates))
-    print(f"torch {torch.__version__}; {args.rounds} rounds of one {STEPS_PER_CHUNK}-step chunk per loop")
+    if args.rows:
+        with open(args.rows, "a", encoding="utf-8") as file:
+            for device_name, precision, rates in rows:
+                for name in rates:
+                    if name != "raw":
+                        file.write(json.dumps(row(device_name, precision, rates, name)) + "\n")
+    cards = {d: torch.cuda.get_device_name(torch.device(d)) for d in devices if d.startswith("cuda")}
+    print(
+        f"torch {torch.__version__}; {args.rounds} rounds of one {args.steps}-step chunk per loop"
+        + "".join(f"; {d}: {name}" for d, name in cards.items())
+    )
     header = f"{'device':<7}{'precision':<12}{'raw steps/s':>13}{'treadle':>9}{'best':>8}{'paired [quartiles]':>25}"
     if LightningFabric is not None:
         header += f"{'lightning':>11}{'best':>8}{'paired [quartiles]':>25}"

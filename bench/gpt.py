@@ -1,4 +1,5 @@
-"""The transformer the GPU benchmarks train: GPT-2's pre-norm block with causal attention, and the model."""
+"""The transformers the GPU benchmarks train: GPT-2's pre-norm block with causal attention, GPT-2 (tied
+embeddings) and the smaller TinyGPT of the DDP/FSDP benchmarks."""
 
 from __future__ import annotations
 
@@ -43,3 +44,21 @@ class GPT(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.head(self.ln(x))
+
+
+class TinyGPT(nn.Module):
+    """The DDP/FSDP benchmarks' model: learned positions as one parameter, an untied head."""
+
+    def __init__(self, vocab: int, width: int, depth: int, heads: int, length: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.position = nn.Parameter(torch.zeros(1, length, width))
+        self.blocks = nn.ModuleList(Block(width, heads) for _ in range(depth))
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, vocab)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens) + self.position[:, : tokens.shape[1]]
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x))

@@ -13,6 +13,7 @@ load seconds, and whether the restored model has the same weights and gives the 
 
     python bench/gpu_distributed.py                 # on the GPU machine, about a minute on an H200
     python bench/gpu_distributed.py --smoke         # tiny, on CPU with gloo: checks the script itself
+    python bench/gpu_distributed.py --rows rows.jsonl   # also append rows for bench/gpu_table.py
 """
 
 from __future__ import annotations
@@ -29,27 +30,12 @@ from datetime import timedelta
 from typing import Any
 
 import torch
-from gpt import Block  # bench/gpt.py: this script's folder is on sys.path, also in the ranks it starts
-from torch import nn
+
+# bench/gpt.py: this script's folder is on sys.path, also in the ranks it starts
+from gpt import Block, TinyGPT
 from torch.nn import functional as F
 
 CONFIGS = ("ddp", "ddp-run", "fsdp-sharded", "fsdp-full")
-
-
-class TinyGPT(nn.Module):
-    def __init__(self, vocab: int, width: int, depth: int, heads: int, length: int) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(vocab, width)
-        self.position = nn.Parameter(torch.zeros(1, length, width))
-        self.blocks = nn.ModuleList(Block(width, heads) for _ in range(depth))
-        self.norm = nn.LayerNorm(width)
-        self.head = nn.Linear(width, vocab)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.embed(tokens) + self.position[:, : tokens.shape[1]]
-        for block in self.blocks:
-            x = block(x)
-        return self.head(self.norm(x))
 
 
 def sizes(smoke: bool) -> dict[str, int]:
@@ -215,6 +201,7 @@ def main() -> int:
     )
     parser.add_argument("--only", choices=CONFIGS, action="append", help="run only this configuration")
     parser.add_argument("--child", choices=CONFIGS, help=argparse.SUPPRESS)
+    parser.add_argument("--rows", default=None, help="append the result rows (JSON lines) to this file")
     args = parser.parse_args()
     if args.child:
         result = run_config(args.child, args.smoke)
@@ -248,7 +235,49 @@ def main() -> int:
             f"{result['peak_gib']:>10.2f}{result['save_s']:>8.2f}{result['load_s']:>8.2f}"
             f"{'yes' if result['restored'] else 'NO':>10}{result['wall_s']:>8.1f}"
         )
+    if args.rows:
+        write_rows(args.rows, results, "cpu" if args.smoke else torch.cuda.get_device_name(0))
     return 1 if failed else 0
+
+
+def write_rows(path: str, results: list[dict[str, Any]], card: str) -> None:
+    """One row per configuration for bench/gpu_table.py, its steps/s against the ddp configuration's."""
+    baseline = next((r for r in results if r["config"] == "ddp" and "error" not in r), None)
+    with open(path, "a", encoding="utf-8") as file:
+        for result in results:
+            part = "DDP/FSDP2 world size 1, one process each"
+            if "error" in result:
+                row: dict[str, Any] = {
+                    "part": part,
+                    "loop": result["config"],
+                    "card": card,
+                    "error": result["error"],
+                }
+            elif baseline is None:
+                continue
+            else:
+                ratio = result["steps_per_s"] / baseline["steps_per_s"]
+                peak = None if math.isnan(result["peak_gib"]) else result["peak_gib"] * 1024
+                base_peak = None if math.isnan(baseline["peak_gib"]) else baseline["peak_gib"] * 1024
+                row = {
+                    "part": part,
+                    "loop": result["config"],
+                    "baseline": "ddp",
+                    "card": card,
+                    "unit": "steps/s",
+                    "raw": baseline["steps_per_s"],
+                    "value": result["steps_per_s"],
+                    "ratio": ratio,
+                    "ratio_low": ratio,
+                    "ratio_high": ratio,
+                    "best_ratio": ratio,
+                    "target": None,
+                    "peak_raw_mib": base_peak,
+                    "peak_mib": peak,
+                    "note": f"save {result['save_s']:.2f} s, load {result['load_s']:.2f} s, restored "
+                    + ("yes" if result["restored"] else "NO"),
+                }
+            file.write(json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":

@@ -104,20 +104,23 @@ def test_wrappers_behave_like_the_originals() -> None:
     assert raw_opt.param_groups[0]["lr"] == pytest.approx(5e-4)
 
 
-def test_setting_up_twice_is_an_error() -> None:
+def test_setting_up_a_set_up_module_is_an_error_and_the_raw_module_may_be_set_up_again() -> None:
     fabric = Fabric(accelerator="cpu")
     raw = make_model()
     wrapped = fabric.setup(raw)
-    with pytest.raises(ValueError, match="already set up"):
+    with pytest.raises(ValueError, match=r"Fabric.setup\(\) got a module that is already set up"):
         fabric.setup(wrapped)
-    with pytest.raises(ValueError, match="already set up"):
-        fabric.setup(raw)
+    with pytest.raises(ValueError, match=r"Fabric.setup_module\(\) got a module that is already set up"):
+        fabric.setup_module(wrapped)
+    # As in Lightning: the model first alone, later with its optimizer.
+    again, optimizer = fabric.setup(raw, torch.optim.SGD(raw.parameters(), lr=0.1))
+    assert again.module is raw and again is not wrapped
+    fabric.backward(again(torch.ones(1, 4)).sum())
+    optimizer.step()
 
 
 def test_misuse_errors_say_what_to_do() -> None:
     fabric = Fabric(accelerator="cpu")
-    with pytest.raises(RuntimeError, match=r"before any module was set up.*fabric.setup"):
-        fabric.backward(torch.ones(1, requires_grad=True).sum())
     with pytest.raises(TypeError, match="module returned by fabric.setup"):
         fabric.no_backward_sync(make_model())
     with pytest.raises(TypeError, match="torch.nn.Module"):

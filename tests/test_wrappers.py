@@ -235,16 +235,15 @@ def test_a_copied_optimizer_fires_the_copied_callbacks(clone: Any) -> None:
         lambda obj: pickle.loads(pickle.dumps(obj, 1)),
     ],
 )
-def test_set_up_modules_are_remembered_across_copies(clone: Any) -> None:
+def test_copies_of_a_set_up_module_are_still_refused_and_their_raw_module_accepted(clone: Any) -> None:
     fabric = Fabric(accelerator="cpu")
     empty = clone(fabric)
     model = make_model()
     wrapped = empty.setup_module(model)
     twin_fabric, twin_model, twin_wrapped = clone((empty, model, wrapped))
-    for module in (twin_model, twin_wrapped):
-        with pytest.raises(ValueError, match="already set up"):
-            twin_fabric.setup_module(module)
-    twin_fabric.setup_module(make_model())
+    with pytest.raises(ValueError, match="already set up"):
+        twin_fabric.setup_module(twin_wrapped)
+    assert twin_fabric.setup_module(twin_model).module is twin_model
 
 
 def test_set_up_modules_do_not_keep_a_dropped_module_alive() -> None:

@@ -25,16 +25,21 @@ from treadle.loggers.base import metric_value, parse_loggers
 from treadle.precision import Precision, PrecisionInput
 from treadle.settings import build_runtime
 from treadle.strategies import ReduceOp, Strategy, parse_reduce_op
-from treadle.tree import map_tensors, move_to_device, numbers_to_tensors
+from treadle.tree import map_tensors, move_to_device, numbers_to_tensors, scalars_to_tensors
 from treadle.wrappers import (
+    BackwardGuard,
     FabricModule,
     FabricOptimizer,
-    SetupModules,
+    check_module,
     check_unwrapped,
     unwrap,
+    wrap_optimizer,
 )
 
 T = TypeVar("T")
+# `launch()` without a function (every process runs on through the script) is told apart from an explicit
+# `launch(None)`, which is almost always `launch(train(fabric))` with a train that returned nothing.
+_NO_FUNCTION: Any = object()
 StateFilter = Mapping[str, Callable[[str, Any], bool]]
 
 
@@ -53,6 +58,9 @@ class Fabric:
         loggers: one logger or a list of loggers (see ``treadle.loggers``); metrics go to all of them.
         strict_hooks: if True, a callback method named ``on_*`` that is not a known hook is an error.
         hooks: names of your own hooks, known before ``callbacks`` are checked for misspellings.
+        plugins: one object or a list, as in Lightning Fabric, of the kinds treadle has: a Precision
+            (instead of ``precision=``) and a ``treadle.strategies.ProcessEnvironment`` (who this process is,
+            instead of what the launcher's environment variables say).
 
     Raises:
         ValueError: an argument is not a valid choice; the message lists the valid ones.
@@ -82,11 +90,12 @@ class Fabric:
         loggers: Any = None,
         strict_hooks: bool = False,
         hooks: Sequence[str] = (),
+        plugins: Any = None,
     ) -> None:
         if not isinstance(strict_hooks, bool):
             raise TypeError(f"Fabric(strict_hooks={strict_hooks!r}) must be True or False.")
         self._accelerator, self._precision, self._strategy = build_runtime(
-            accelerator, strategy, devices, num_nodes, precision
+            accelerator, strategy, devices, num_nodes, precision, plugins
         )
         if isinstance(hooks, str) or not isinstance(hooks, Sequence):
             raise TypeError(
@@ -107,9 +116,12 @@ class Fabric:
         # reference with the optimizers it wraps.
         self._hook_arguments: dict[str, Any] = {"fabric": self}
         self._environment_ready = False
-        # None until a module is set up; then whether `backward` may call tensor.backward() itself.
+        # None until a module or optimizer is set up; then whether `backward` may call tensor.backward()
+        # itself.
         self._direct_backward: bool | None = None
-        self._setup_modules = SetupModules()
+        # Set while `backward` runs: outputs of set-up models check it when gradients reach them, so that a
+        # `loss.backward()` which skips Fabric is an error where Fabric's backward does something.
+        self._backward_guard = BackwardGuard()
 
     # --- who and where ------------------------------------------------------------------------------------
     @property
@@ -245,20 +257,29 @@ class Fabric:
         self._callbacks.wrap_methods(wrapper)
 
     # --- processes ----------------------------------------------------------------------------------------
-    def launch(self, function: Callable[..., T] | None = None, *args: Any, **kwargs: Any) -> T | None:
+    def launch(self, function: Callable[..., T] = _NO_FUNCTION, *args: Any, **kwargs: Any) -> T | None:
         """Start the processes of the job (if the launcher has not) and join them together.
 
         Without ``function`` every process continues running the script after this call. With it,
         ``function(fabric, *args, **kwargs)`` runs on every rank and rank 0's result is returned.
+
+        Raises:
+            TypeError: ``function`` is not callable, e.g. ``launch(train(fabric))``, which calls ``train``
+                here, once, instead of passing it: write ``launch(train)``.
 
         Example::
 
             fabric = Fabric(strategy="ddp", devices=2)
             fabric.launch()
         """
-        if function is not None and not callable(function):
+        if function is _NO_FUNCTION:
+            function = None  # type: ignore[assignment]
+        elif not callable(function):
             raise TypeError(
-                f"Fabric.launch(function={function!r}) must be callable as function(fabric, *args), or omitted."
+                f"Fabric.launch() got {function!r} ({type(function).__name__}), which is not a function. Pass "
+                "the function itself, not its result: fabric.launch(train, *args) runs train(fabric, *args) on "
+                "every rank (not fabric.launch(train(fabric))). Or call fabric.launch() with no argument to "
+                "have every process continue the script."
             )
         if self._environment_ready:  # already launched (torchrun, or an earlier call): just run
             return None if function is None else function(self, *args, **kwargs)
@@ -308,30 +329,47 @@ class Fabric:
         Returns:
             The wrapped module alone, or ``(module, *optimizers)``, with the scheduler last if given.
 
+        A LightningModule (anything with a ``_fabric`` attribute) is linked back as Lightning Fabric links
+        it: its ``_fabric`` is this Fabric and its ``_fabric_optimizers`` the set-up optimizers, so its
+        ``self.log``, ``self.logger`` and ``self.optimizers()`` work. The same user module may be set up
+        again (``setup(model)``, later ``setup(model, optimizer)``); what setup returned may not.
+
         Example::
 
             model, optimizer = fabric.setup(model, optimizer)
         """
+        check_module(module, "setup")
         wrapped = self.setup_module(module, move_to_device=move_to_device)
+        wrapped_optimizers = [self._setup_optimizer(opt, i + 1, "setup") for i, opt in enumerate(optimizers)]
+        if hasattr(wrapped.module, "_fabric"):
+            setattr(wrapped.module, "_fabric_optimizers", wrapped_optimizers)  # noqa: B010  # nn.Module's setattr types
         if not optimizers and scheduler is None:
             return wrapped
-        result = (wrapped, *(self._setup_optimizer(opt, i + 1, "setup") for i, opt in enumerate(optimizers)))
+        result = (wrapped, *wrapped_optimizers)
         return (*result, scheduler) if scheduler is not None else result
 
     def setup_module(self, module: nn.Module, move_to_device: bool = True) -> FabricModule:
         """Prepare a model (device, precision, strategy wrapping) without optimizers.
 
-        Fires the hook ``on_after_setup(fabric, module)``.
+        Fires the hook ``on_after_setup(fabric, module)``. A LightningModule gets ``_fabric`` set to this
+        Fabric (see ``setup``).
         """
-        self._setup_modules.check(module)
+        check_module(module, "setup_module")
         self._require_environment("setup_module")
         module = self._precision.convert_module(module)
         if move_to_device:
             self._strategy.module_to_device(module)
         forward_module = self._strategy.setup_module(module)
-        wrapped = FabricModule(forward_module, module, self._precision)
-        self._setup_modules.add(module, wrapped)
-        self._direct_backward = self._strategy.passes_through
+        strategy = self._strategy
+        # Lightning raises at `loss.backward()` where Fabric's backward does more than it: under mixed
+        # precision and where the strategy or precision changes backward. Elsewhere the two are the same.
+        guarded = not strategy.passes_through or self._precision.requires_fabric_backward
+        wrapped = FabricModule(
+            forward_module, module, self._precision, self._backward_guard if guarded else None
+        )
+        if hasattr(wrapped.module, "_fabric"):  # a LightningModule: self.log and self.logger go through us
+            setattr(wrapped.module, "_fabric", self)  # noqa: B010
+        self._direct_backward = strategy.passes_through
         self._callbacks.call("on_after_setup", module=wrapped, **self._hook_arguments)
         return wrapped
 
@@ -352,7 +390,9 @@ class Fabric:
     ) -> FabricOptimizer:
         check_unwrapped(optimizer, position, FabricOptimizer, torch.optim.Optimizer, method)
         prepared = self._strategy.setup_optimizer(optimizer)
-        return FabricOptimizer(prepared, self._strategy, self._plans, self._hook_arguments)
+        # From now on `backward` must scale where the optimizer's step unscales, module set up or not.
+        self._direct_backward = self._strategy.passes_through
+        return wrap_optimizer(prepared, self._strategy, self._plans, self._hook_arguments)
 
     def setup_dataloaders(
         self, *dataloaders: DataLoader[Any], use_distributed_sampler: bool = True, move_to_device: bool = True
@@ -381,21 +421,33 @@ class Fabric:
     ) -> None:
         """Compute gradients of ``tensor`` (scaled under a grad scaler, synchronised under DDP).
 
+        Call this instead of ``loss.backward()``: under mixed precision, and where the strategy changes
+        backward, ``loss.backward()`` on a set-up model's output raises (as in Lightning Fabric). Before
+        any module or optimizer is set up there is nothing to scale or synchronise, and this is a plain
+        ``tensor.backward(*args, **kwargs)`` (with the hooks below).
+
         Fires ``on_before_backward(loss)`` and ``on_after_backward()``.
+
+        Raises:
+            TypeError: ``tensor`` is not a tensor (e.g. the dict a step returned).
         """
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(_not_a_loss(tensor))
         direct = self._direct_backward
-        if direct is None:
-            raise RuntimeError(
-                "Fabric.backward() was called before any module was set up. "
-                "Call `model, optimizer = fabric.setup(model, optimizer)` first."
-            )
         plans = self._plans  # plans[hook]((), kwargs) is call_with(hook, kwargs), one frame sooner
         hook_arguments = self._hook_arguments
         plans["on_before_backward"]((), {"loss": tensor, **hook_arguments})
-        if direct and not (args or kwargs):  # nothing to scale here: skip the strategy and precision layers
-            tensor.backward()  # type: ignore[no-untyped-call]
-        else:
-            self._strategy.backward(tensor, model, *args, **kwargs)
+        guard = self._backward_guard
+        guard.inside = True
+        try:
+            if direct is None:  # nothing set up yet: nothing to scale or synchronise
+                tensor.backward(*args, **kwargs)  # type: ignore[no-untyped-call]
+            elif direct and not (args or kwargs):  # nothing to scale: skip the strategy and precision layers
+                tensor.backward()  # type: ignore[no-untyped-call]
+            else:
+                self._strategy.backward(tensor, model, *args, **kwargs)
+        finally:
+            guard.inside = False
         plans["on_after_backward"]((), hook_arguments)
 
     def clip_gradients(
@@ -477,14 +529,21 @@ class Fabric:
         return self._strategy.broadcast(obj, src)
 
     def all_gather(self, data: Any, group: Any = None, sync_grads: bool = False) -> Any:
-        """Gather tensors (or tensors nested in collections) from every rank.
+        """Gather tensors or numbers, alone or nested in collections, from every rank.
 
         Each tensor comes back with a new first dimension of size ``world_size`` (also with one process, so
-        code written for N ranks runs unchanged on one). ``sync_grads=True`` lets gradients flow back.
+        code written for N ranks runs unchanged on one). Python ints, floats and bools (and numpy values)
+        become tensors first, keeping their kind: ``fabric.all_gather(3)`` is ``tensor([3, 3])`` on two
+        ranks. ``sync_grads=True`` lets gradients flow back.
+
+        Example::
+
+            correct = fabric.all_gather(num_correct).sum().item()
         """
         strategy = self._strategy
         extra = {} if group is None else {"group": group}
-        return map_tensors(data, lambda tensor: strategy.all_gather(tensor, sync_grads=sync_grads, **extra))
+        tensors = scalars_to_tensors(data, self.device)
+        return map_tensors(tensors, lambda tensor: strategy.all_gather(tensor, sync_grads=sync_grads, **extra))
 
     def all_reduce(self, data: Any, group: Any = None, reduce_op: ReduceOp | Any = "mean") -> Any:
         """Reduce tensors or numbers, alone or nested in collections, across ranks.
@@ -570,15 +629,17 @@ class Fabric:
         path: str | os.PathLike[str],
         state: dict[str, Any] | None = None,
         strict: bool = True,
-        weights_only: bool = True,
+        weights_only: bool | None = True,
     ) -> dict[str, Any]:
         """Load a checkpoint written by ``save``, restoring the objects in ``state`` in place.
+
+        ``weights_only=None`` (Lightning Fabric's default) means True.
 
         Returns:
             The checkpoint entries that ``state`` did not ask for (the whole checkpoint if ``state`` is None).
         """
         return self._strategy.load_checkpoint(
-            os.fspath(path), state, strict=strict, weights_only=weights_only
+            os.fspath(path), state, strict=strict, weights_only=True if weights_only is None else weights_only
         )
 
     def load_raw(
@@ -586,13 +647,14 @@ class Fabric:
         path: str | os.PathLike[str],
         obj: nn.Module | torch.optim.Optimizer,
         strict: bool = True,
-        weights_only: bool = True,
+        weights_only: bool | None = None,
     ) -> None:
         """Load a bare state dict (``torch.save(model.state_dict())``) into a module or optimizer.
 
-        Only ``weights_only=True`` is supported: a bare state dict holds nothing else.
+        It always loads with ``weights_only=True``: a bare state dict holds nothing else. None (the
+        default, as in Lightning Fabric) and True mean that; False is refused.
         """
-        if not weights_only:
+        if weights_only is False:
             raise ValueError(
                 "Fabric.load_raw(weights_only=False): a bare state dict holds only tensors and plain values, "
                 "so it always loads with weights_only=True. Use fabric.load() for checkpoints with other objects."
@@ -604,3 +666,17 @@ class Fabric:
             f"Fabric(accelerator={self._accelerator.name!r}, strategy={self._strategy!r}, "
             f"precision={self._precision.name!r}, world_size={self.world_size})"
         )
+
+
+def _not_a_loss(value: object) -> str:
+    if isinstance(value, Mapping):
+        keys = list(value)
+        example = "loss" if "loss" in keys else (keys[0] if keys else "loss")
+        return (
+            f"Fabric.backward() takes the loss tensor, not a {type(value).__name__} (keys: {keys!r}). Pass the "
+            f"tensor to differentiate, e.g. fabric.backward(output[{example!r}])."
+        )
+    return (
+        f"Fabric.backward() takes the loss tensor, not {type(value).__name__} {value!r:.80}. Pass the scalar "
+        "tensor to differentiate, e.g. fabric.backward(loss)."
+    )

@@ -82,6 +82,23 @@ def numbers_to_tensors(data: Any, device: torch.device) -> Any:
     return map_leaves(data, lambda number: torch.tensor(float(number), device=device), _is_number)
 
 
+def scalars_to_tensors(data: Any, device: torch.device) -> Any:
+    """Turn Python numbers and bools (and numpy arrays and scalars) of any container ``map_tensors`` walks
+    into tensors on ``device``, keeping their kind: int -> int64, float -> float32, bool -> bool.
+
+    This is what collectives that keep values apart (``all_gather``) need; ``numbers_to_tensors`` is for
+    reductions, where everything becomes float.
+    """
+    return map_leaves(data, lambda value: torch.as_tensor(value, device=device), _is_scalar)
+
+
+def _is_scalar(value: Any) -> bool:
+    # numpy without importing it: its arrays and scalars all carry a dtype and come from the numpy package.
+    return isinstance(value, (int, float)) or (
+        type(value).__module__ == "numpy" and hasattr(value, "dtype") and not isinstance(value, type)
+    )
+
+
 def _is_tensor(value: Any) -> bool:
     return isinstance(value, torch.Tensor)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import inspect
 import operator
-import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -22,6 +21,7 @@ from treadle.checkpoint import unwrap_compiled
 from treadle.precision import Precision
 from treadle.precision.base import inherits
 from treadle.strategies import Strategy
+from treadle.tree import map_tensors
 
 _MISSING = object()
 
@@ -40,6 +40,40 @@ _tracing_state: Callable[[], Any] = getattr(torch._C, "_get_tracing_state", lamb
 Plans = Mapping[str, Callable[[tuple[Any, ...], dict[str, Any]], list[Any]]]
 
 
+class BackwardGuard:
+    """Whether ``Fabric.backward`` is running, checked by the outputs of set-up models when gradients reach
+    them: where Fabric's backward does more than ``loss.backward()`` (scale the loss, fire hooks), skipping
+    it must be an error, not a silently different result."""
+
+    def __init__(self) -> None:
+        self.inside = False
+        self.precision_name = "32-true"
+        # One bound method, made once: registering it on each forward's output costs no allocation.
+        self.check = self._check
+
+    def _check(self, grad: torch.Tensor) -> None:
+        if not self.inside:
+            raise RuntimeError(
+                f"loss.backward() was called on the output of a model set up with precision="
+                f"{self.precision_name!r}. Call fabric.backward(loss) instead: it scales the loss where a grad "
+                "scaler needs it and fires the backward hooks (as Lightning Fabric requires too). Gradients "
+                "through the set-up model must all come from fabric.backward."
+            )
+
+    def watch(self, output: Any) -> Any:
+        """Register the check on every tensor of ``output`` that gradients will flow through."""
+        if type(output) is torch.Tensor:  # the usual output, without walking a tree
+            if output.requires_grad:
+                output.register_hook(self.check)  # type: ignore[no-untyped-call]
+            return output
+        return map_tensors(output, self._watch_tensor)
+
+    def _watch_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.requires_grad:
+            tensor.register_hook(self.check)  # type: ignore[no-untyped-call]
+        return tensor
+
+
 class FabricModule(nn.Module):
     """A set-up module: forward runs under the precision; attributes and state dicts are the original's.
 
@@ -49,7 +83,13 @@ class FabricModule(nn.Module):
     on the user's module, so ``model.head = nn.Linear(...)`` after setup is seen by forward and saved.
     """
 
-    def __init__(self, forward_module: nn.Module, original_module: nn.Module, precision: Precision) -> None:
+    def __init__(
+        self,
+        forward_module: nn.Module,
+        original_module: nn.Module,
+        precision: Precision,
+        backward_guard: BackwardGuard | None = None,
+    ) -> None:
         super().__init__()
         self._forward_module = forward_module
         # A plain attribute too: reading a registered submodule goes through nn.Module.__getattr__, which
@@ -58,7 +98,11 @@ class FabricModule(nn.Module):
         # Not a registered submodule: registering it twice would duplicate parameters in .parameters().
         object.__setattr__(self, "_original_module", original_module)
         object.__setattr__(self, "_precision", precision)
-        plain = type(precision) is Precision
+        # Set where `loss.backward()` on an output must be refused (Fabric decides; see Fabric.setup_module).
+        if backward_guard is not None:
+            backward_guard.precision_name = precision.name
+        object.__setattr__(self, "_backward_guard", backward_guard)
+        plain = type(precision) is Precision and backward_guard is None
         object.__setattr__(self, "_plain_precision", plain)
         # Whether __call__ may run the module itself: only while nothing is to be done around it and no
         # `forward` has been set on this wrapper (__setattr__ clears it then).
@@ -185,7 +229,11 @@ class FabricModule(nn.Module):
             args, kwargs = precision.convert_input((args, kwargs))
         with precision.forward_context():
             output = self._run(*args, **kwargs)
-        return precision.convert_output(output)
+        output = precision.convert_output(output)
+        guard = self._backward_guard
+        if guard is not None and torch.is_grad_enabled():
+            return guard.watch(output)
+        return output
 
     def state_dict(self, *args: Any, **kwargs: Any) -> Any:
         return self.module.state_dict(*args, **kwargs)
@@ -376,6 +424,11 @@ class FabricOptimizer(torch.optim.Optimizer):
         self.optimizer.add_param_group(param_group)
 
     # Optimizer's own pickling keeps only defaults/state/param_groups; the wrapper's state is its __dict__.
+    # Rebuilt through a function: the per-optimizer-class subclass (see wrap_optimizer) is made at run
+    # time and cannot be found by name when unpickling.
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_optimizer, (dict(self.__dict__),))
+
     def __getstate__(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
@@ -399,34 +452,58 @@ class FabricOptimizer(torch.optim.Optimizer):
         return f"FabricOptimizer({self.optimizer!r})"
 
 
-class SetupModules:
-    """The modules one Fabric has set up (each user module and its wrapper), so that setting one up twice
-    is refused. Held weakly, so a module the user drops is not kept alive; pickles as a plain list (for
-    ``strategy="ddp_spawn"``)."""
+def check_module(module: object, method: str) -> None:
+    """Raise if ``module``, given to ``Fabric.<method>()``, is already a set-up module or not a module.
 
-    def __init__(self) -> None:
-        self._modules: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+    The user's own module may be set up again (``setup(model)``, then ``setup(model, optimizer)``), as in
+    Lightning Fabric: each call wraps it anew. Wrapping the wrapper would stack two precision layers.
+    """
+    if isinstance(module, FabricModule):
+        raise ValueError(
+            f"Fabric.{method}() got a module that is already set up (what an earlier setup returned). Set up "
+            "each module once and keep using what setup returned; to add optimizers, pass the original module "
+            "again with them, e.g. fabric.setup(model.module, optimizer)."
+        )
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"Fabric.{method}() takes a torch.nn.Module, not {type(module).__name__}.")
 
-    def check(self, module: object) -> None:
-        """Raise if ``module``, given to ``Fabric.setup``, is already set up or not a module."""
-        if isinstance(module, FabricModule) or module in self._modules:
-            raise ValueError(
-                "This module is already set up. Set up each module once, and keep using the object setup "
-                "returned."
-            )
-        if not isinstance(module, nn.Module):
-            raise TypeError(f"Fabric.setup() takes a torch.nn.Module, not {type(module).__name__}.")
 
-    def add(self, *modules: nn.Module) -> None:
-        """Remember ``modules`` as set up."""
-        for module in modules:
-            self._modules.add(module)
+def wrap_optimizer(
+    optimizer: torch.optim.Optimizer, strategy: Strategy, plans: Plans, hook_arguments: dict[str, Any]
+) -> FabricOptimizer:
+    """A FabricOptimizer around ``optimizer`` that is also an instance of ``optimizer``'s own class, so
+    ``isinstance(opt, torch.optim.AdamW)`` holds for the set-up optimizer as it does in Lightning Fabric."""
+    return _wrapper_class(type(optimizer))(optimizer, strategy, plans, hook_arguments)
 
-    def __getstate__(self) -> dict[str, list[nn.Module]]:
-        return {"modules": list(self._modules)}  # a WeakSet does not pickle
 
-    def __setstate__(self, state: dict[str, list[nn.Module]]) -> None:
-        self._modules = weakref.WeakSet(state["modules"])
+# One wrapper class per optimizer class, made on first use.
+_WRAPPER_CLASSES: dict[type, type[FabricOptimizer]] = {}
+
+
+def _wrapper_class(kind: type[torch.optim.Optimizer]) -> type[FabricOptimizer]:
+    wrapper = _WRAPPER_CLASSES.get(kind)
+    if wrapper is None:
+        wrapper = _WRAPPER_CLASSES[kind] = _make_wrapper_class(kind)
+    return wrapper
+
+
+def _make_wrapper_class(kind: type[torch.optim.Optimizer]) -> type[FabricOptimizer]:
+    # A subclass of both, made once per optimizer class: FabricOptimizer comes first, so its step, state and
+    # param_groups win; the optimizer's class only adds its own name to isinstance. Its methods that
+    # FabricOptimizer lacks (SAM's first_step) now run on the wrapper, whose state is the optimizer's.
+    if kind is torch.optim.Optimizer or issubclass(kind, FabricOptimizer):
+        return FabricOptimizer
+    try:
+        return type(f"Fabric{kind.__name__}", (FabricOptimizer, kind), {"__module__": __name__})
+    except TypeError:  # a class that cannot be a base (conflicting __slots__, a C layout): isinstance only
+        return FabricOptimizer
+
+
+def _rebuild_optimizer(state: dict[str, Any]) -> FabricOptimizer:
+    kind = _wrapper_class(type(state["_optimizer"]))
+    wrapper = kind.__new__(kind)
+    wrapper.__dict__.update(state)
+    return wrapper
 
 
 def unwrap(obj: Any) -> Any:

@@ -48,6 +48,12 @@ class MixedPrecision(Precision):
             self, MixedPrecision, ("pre_backward", "backward", "optimizer_step")
         )
 
+    @property
+    def requires_fabric_backward(self) -> bool:
+        # Also under bfloat16, where the two would compute the same: a script written for bf16-mixed must
+        # not break silently when switched to 16-mixed, whose grad scaler needs fabric.backward.
+        return True
+
     def convert_output(self, data: Any) -> Any:
         # Outputs leave autocast in float32 so the loss and anything the user computes from them is accurate.
         if isinstance(data, torch.Tensor):  # the usual output, without walking a tree

@@ -71,6 +71,16 @@ class Precision:
         return inherits(self, Precision, ("pre_backward", "backward", "optimizer_step"))
 
     @property
+    def requires_fabric_backward(self) -> bool:
+        """Whether ``loss.backward()`` on a set-up model's output must be ``fabric.backward(loss)``.
+
+        True where this precision changes backward (``passes_through`` is False); mixed precision says True
+        always, as in Lightning Fabric, so a script moves between ``bf16-mixed`` and ``16-mixed`` unchanged.
+        Fabric then raises at a ``loss.backward()`` that skips it.
+        """
+        return not self.passes_through
+
+    @property
     def scaler(self) -> torch.amp.GradScaler | None:
         """The grad scaler, where this precision has one."""
         return None

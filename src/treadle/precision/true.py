@@ -40,7 +40,8 @@ class TruePrecision(Precision):
         # Not `module.to(dtype)`: that casts complex tensors to the real dtype too, dropping their imaginary
         # part. Real tensors take `dtype`; complex ones become complex128 under float64 and otherwise stay as
         # they are (there is no complex bfloat16, and torch's complex32 supports few operations).
-        return module._apply(self._cast_state)
+        converted: nn.Module = module._apply(self._cast_state)  # type: ignore[no-untyped-call]
+        return converted
 
     def _cast_state(self, tensor: torch.Tensor) -> torch.Tensor:
         if tensor.is_floating_point():

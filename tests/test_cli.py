@@ -97,7 +97,7 @@ def test_unknown_arguments_without_a_command_are_rejected(capsys: pytest.Capture
     assert capsys.readouterr().err == "treadle: error: unrecognized arguments: --bogus\n"
 
 
-def test_plot_help_says_where_the_curves_go_for_an_experiment_folder() -> None:
+def test_plot_help_says_where_the_curves_go_for_a_folder_of_runs() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "treadle", "plot", "--help"],
         capture_output=True,
@@ -105,4 +105,5 @@ def test_plot_help_says_where_the_curves_go_for_an_experiment_folder() -> None:
         check=True,
         timeout=60,
     ).stdout
-    assert "LOG_DIR/version_N/curves.png for an experiment folder" in " ".join(out.split())
+    assert "LOG_DIR/curves.png for a folder of several runs" in " ".join(out.split())
+    assert "TensorBoard event files" in out

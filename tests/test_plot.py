@@ -14,7 +14,8 @@ import pytest
 from treadle.loggers import CSVLogger
 
 pytest.importorskip("matplotlib")
-from treadle.plot import _centered_mean, _is_noisy, plot_metrics
+from treadle.plot import MAX_RUNS, _centered_mean, _is_noisy, _panels, _table, plot_metrics
+from treadle.run_logs import find_runs
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -48,12 +49,76 @@ def test_png_from_a_run_with_a_column_added_mid_run(tmp_path: Path) -> None:
     assert sorted(p.name for p in Path(logger.log_dir).iterdir()) == ["curves.png", "metrics.csv"]
 
 
-def test_experiment_folder_uses_the_highest_version(tmp_path: Path) -> None:
+def test_a_folder_of_versions_is_drawn_overlaid(tmp_path: Path) -> None:
     write_run(tmp_path, version=2)
     write_run(tmp_path, version=10, steps=30)
     (tmp_path / "treadle_logs" / "version_11").mkdir()  # no metrics.csv yet: skipped
     out = plot_metrics(tmp_path / "treadle_logs")
-    assert out == tmp_path / "treadle_logs" / "version_10" / "curves.png"
+    assert out == tmp_path / "treadle_logs" / "curves.png"
+    assert [run.label for run in find_runs(tmp_path / "treadle_logs")] == ["version_2", "version_10"]
+    assert [run.label for run in find_runs(tmp_path)] == ["treadle_logs/version_2", "treadle_logs/version_10"]
+
+
+def test_too_many_runs_are_listed_for_a_choice(tmp_path: Path) -> None:
+    for version in range(MAX_RUNS + 1):
+        write_run(tmp_path, version=version, steps=3)
+    with pytest.raises(
+        ValueError, match=rf"(?s)holds {MAX_RUNS + 1} runs.*Pass one of them.*version_0\n.*version_10"
+    ):
+        plot_metrics(tmp_path)
+
+
+def test_splits_of_one_metric_share_a_panel_and_single_values_go_to_the_table() -> None:
+    assert _panels(["train_loss", "val_loss", "val_acc", "lr-AdamW", "loss/train", "loss/val"]) == {
+        "loss": [("train_loss", "train"), ("val_loss", "val"), ("loss/train", "train"), ("loss/val", "val")],
+        "val_acc": [("val_acc", "val")],
+        "lr-AdamW": [("lr-AdamW", "")],
+    }
+    assert _panels(["loss", "val_loss"]) == {"loss": [("loss", ""), ("val_loss", "val")]}
+
+
+def test_a_demo_like_run_draws_loss_panels_and_a_table(tmp_path: Path) -> None:
+    logger = CSVLogger(tmp_path, version=0, flush_logs_every_n_steps=50)
+    logger.log_hyperparams({"lr": 0.1, "model": {"width": 64}})
+    for step in range(60):
+        logger.log_metrics({"train_loss": 1 / (step + 1), "epoch": step // 20}, step=step)
+        if step % 20 == 19:
+            logger.log_metrics({"val_loss": 1.2 / (step + 1), "val_acc": step / 60}, step=step)
+    logger.log_metrics({"test_acc": 0.9}, step=60)  # a final score: once
+    logger.finalize("success")
+    runs = find_runs(logger.log_dir)
+    assert _table(runs, ["test_acc"], with_hparams=True) == [
+        ("test_acc", ["0.9"]),
+        ("lr", ["0.1"]),
+        ("model/width", ["64"]),
+    ]
+    out = plot_metrics(logger.log_dir)
+    # Three panels (loss with train and val, val_acc, the table): "epoch" and "test_acc" get none.
+    width, height = png_size(out)
+    assert width > 1000 and height < 1000
+    one_panel = plot_metrics(logger.log_dir, output=tmp_path / "loss.png", metrics=["train_loss", "val_loss"])
+    assert png_size(one_panel)[0] < width
+
+
+def test_tensorboard_event_files_are_read(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from treadle.loggers import TensorBoardLogger
+
+    logger = TensorBoardLogger(tmp_path, version=0)
+    for step in range(30):
+        logger.log_metrics({"loss/train": 1 / (step + 1)}, step=step)
+        if step % 10 == 9:
+            logger.log_metrics({"loss/val": 1.1 / (step + 1)}, step=step)
+    logger.finalize("success")
+    (run,) = find_runs(tmp_path)
+    assert run.source == "tensorboard" and run.label == "treadle_logs/version_0"
+    assert run.series["loss/val"] == [
+        (9, pytest.approx(0.11)),
+        (19, pytest.approx(0.055)),
+        (29, pytest.approx(1.1 / 30)),
+    ]
+    assert len(run.series["loss/train"]) == 30
+    assert plot_metrics(logger.log_dir) == Path(logger.log_dir) / "curves.png"
 
 
 def test_output_path_format_and_metric_selection(tmp_path: Path) -> None:
@@ -64,7 +129,7 @@ def test_output_path_format_and_metric_selection(tmp_path: Path) -> None:
     assert svg.read_text().lstrip().startswith("<?xml")
     with pytest.raises(ValueError, match=r"output='.*curves.jpg'\) must end in one of: .png, .svg, .pdf"):
         plot_metrics(logger.log_dir, output=tmp_path / "curves.jpg")
-    with pytest.raises(ValueError, match=r"'val/loss' is not a column of .*Choose from: train/loss, val/acc"):
+    with pytest.raises(ValueError, match=r"'val/loss' is not a metric of .*Choose from: train/loss, val/acc"):
         plot_metrics(logger.log_dir, metrics=["train/loss", "val/loss"])
 
 
@@ -81,10 +146,11 @@ def test_an_empty_metric_list_is_a_clear_error(tmp_path: Path, metrics: list[str
 
 def test_no_csv_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(
-        FileNotFoundError, match=r"No metrics.csv in .*version_<N>.*Pass the folder a CSVLogger wrote"
+        FileNotFoundError,
+        match=r"No metrics.csv or TensorBoard event files in .*Pass the folder a logger wrote",
     ):
         plot_metrics(tmp_path)
-    with pytest.raises(FileNotFoundError, match="No metrics.csv in"):
+    with pytest.raises(FileNotFoundError, match="No metrics.csv or TensorBoard event files in"):
         plot_metrics(tmp_path / "missing")
     (tmp_path / "metrics.csv").write_text("step,loss\n")
     with pytest.raises(ValueError, match=r"holds no metric values yet"):

@@ -41,18 +41,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--no-progress-bar", action="store_true", help="plain lines instead of a progress bar")
 
-    plot = commands.add_parser("plot", help="draw the curves of a CSV log to a PNG")
+    plot = commands.add_parser("plot", help="draw the curves of a run, or of several overlaid, to a PNG")
     plot.add_argument(
         "log_dir",
-        help="a version folder holding metrics.csv, or its parent (then its highest version_N with one)",
+        help=(
+            "a run folder (metrics.csv or TensorBoard event files), or a folder of runs such as an "
+            "experiment's version_N folders, drawn overlaid"
+        ),
     )
     plot.add_argument(
         "-o",
         "--output",
         default=None,
         help=(
-            "image to write: .png, .svg or .pdf (default: curves.png next to the metrics.csv used, so "
-            "LOG_DIR/version_N/curves.png for an experiment folder)"
+            "image to write: .png, .svg or .pdf (default: curves.png in the run folder, or "
+            "LOG_DIR/curves.png for a folder of several runs)"
         ),
     )
     plot.add_argument("-m", "--metric", action="append", default=None, help="only this metric (repeatable)")

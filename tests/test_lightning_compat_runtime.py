@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from treadle import Fabric
+from treadle.precision import MixedPrecision
 
 
 class WithComplex(nn.Module):
@@ -117,11 +118,11 @@ def test_the_set_up_optimizer_is_an_instance_of_the_users_class() -> None:
         assert isinstance(twin, torch.optim.AdamW) and twin.param_groups[0]["lr"] == 0.1
 
 
-@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+@pytest.mark.parametrize("precision", ["bf16-mixed", MixedPrecision(torch.float16, "cpu")], ids=["bf16", "fp16"])
 def test_loss_backward_instead_of_fabric_backward_is_a_clear_error(precision: Any) -> None:
     fabric = Fabric(accelerator="cpu", precision=precision)
     raw = nn.Linear(2, 1)
-    model, optimizer = fabric.setup(raw, torch.optim.SGD(raw.parameters(), lr=0.1))
+    model, _optimizer = fabric.setup(raw, torch.optim.SGD(raw.parameters(), lr=0.1))
     with pytest.raises(RuntimeError, match=r"loss.backward\(\).*Call fabric.backward\(loss\) instead"):
         model(torch.ones(3, 2)).sum().backward()
     fabric.backward(model(torch.ones(3, 2)).sum())  # the right way still works, outputs in collections too
@@ -139,7 +140,7 @@ def test_loss_backward_is_allowed_where_it_equals_fabric_backward() -> None:
 
 
 def test_backward_before_setup_is_plain_and_a_dict_is_a_clear_error() -> None:
-    fabric = Fabric(accelerator="cpu", precision="16-mixed")
+    fabric = Fabric(accelerator="cpu", precision=MixedPrecision(torch.float16, "cpu"))
     weight = torch.ones(2, requires_grad=True)
     fabric.backward((weight * 3).sum())  # nothing set up: plain, unscaled backward
     assert weight.grad is not None and weight.grad.tolist() == [3.0, 3.0]
@@ -175,7 +176,6 @@ def test_load_raw_accepts_weights_only_none(tmp_path: Any) -> None:
 
 
 def test_plugins_take_the_kinds_treadle_has() -> None:
-    from treadle.precision import MixedPrecision
     from treadle.strategies import ProcessEnvironment
 
     precision = MixedPrecision(torch.bfloat16, "cpu")

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from treadle import Fabric
-from treadle.precision import Precision
+from treadle.precision import MixedPrecision, Precision
 from treadle.strategies.base import Strategy
 from treadle.wrappers import FabricOptimizer
 
@@ -125,7 +125,7 @@ def test_precisions_without_a_scaler_pass_through(precision: str) -> None:
 
 
 def test_16_mixed_goes_through_its_grad_scaler() -> None:
-    fabric = Fabric(accelerator="cpu", precision="16-mixed")
+    fabric = Fabric(accelerator="cpu", precision=MixedPrecision(torch.float16, "cpu"))
     assert not fabric.strategy.passes_through
 
 

@@ -196,10 +196,10 @@ def unknown_options_hint(extra: Sequence[str]) -> str:
 def _precision_name(text: str) -> str:
     # Fabric's own parser, so the command line accepts the aliases the code does ("bf16", "16"); the
     # canonical name is what reaches Fabric, so it compares equal to the same precision written in the code.
-    from treadle.precision import parse_precision
+    from treadle.precision import precision_name
 
     try:
-        return parse_precision(text, "cpu").name
+        return precision_name(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(
             str(error)

@@ -10,9 +10,10 @@ from torch import nn
 from tests.callbacks.tiny_trainer import TinyRegression, fit_tiny
 from treadle import Fabric
 from treadle.callbacks.loss_guard import LossGuard
+from treadle.precision import MixedPrecision, Precision
 
 
-def make_fabric(guard: LossGuard, precision: str = "32-true") -> tuple[Fabric, Any, Any]:
+def make_fabric(guard: LossGuard, precision: str | Precision = "32-true") -> tuple[Fabric, Any, Any]:
     torch.manual_seed(0)
     fabric = Fabric(accelerator="cpu", precision=precision, callbacks=[guard])  # type: ignore[arg-type]
     model = nn.Linear(3, 1)
@@ -22,7 +23,7 @@ def make_fabric(guard: LossGuard, precision: str = "32-true") -> tuple[Fabric, A
 
 
 def train(
-    guard: LossGuard, scales: list[float], precision: str = "32-true", accumulate: int = 1
+    guard: LossGuard, scales: list[float], precision: str | Precision = "32-true", accumulate: int = 1
 ) -> tuple[list[torch.Tensor], Any, Any]:
     """One loss per entry of `scales` (the loss is multiplied by it); returns the weights after each step."""
     fabric, model, optimizer = make_fabric(guard, precision)
@@ -89,7 +90,7 @@ def test_skip_discards_the_whole_accumulation_group() -> None:
 
 def test_skip_under_a_grad_scaler_lets_the_scaler_skip() -> None:
     guard = LossGuard(action="skip", spike_factor=2.0, min_history=1, window=1, verbose=False)
-    weights, _, fabric = train(guard, [1.0, 100.0, 1.0], precision="16-mixed")
+    weights, _, fabric = train(guard, [1.0, 100.0, 1.0], precision=MixedPrecision(torch.float16, "cpu"))
     scaler = fabric.precision.scaler
     assert scaler is not None
     assert guard.skipped_steps == 1

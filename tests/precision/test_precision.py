@@ -16,8 +16,6 @@ from treadle.precision import MixedPrecision, Precision, TruePrecision, parse_pr
         (None, "32-true"),
         ("64", "64-true"),
         (64, "64-true"),
-        ("16", "16-mixed"),
-        (16, "16-mixed"),
         ("bf16", "bf16-mixed"),
         ("bf16-true", "bf16-true"),
         ("16-true", "16-true"),
@@ -33,8 +31,17 @@ def test_bad_precision_lists_choices(value: object) -> None:
         parse_precision(value, "cpu")
 
 
+@pytest.mark.parametrize("value", ["16-mixed", "16", 16])
+def test_16_mixed_on_cpu_is_bf16_mixed_with_a_warning(value: object) -> None:
+    # As in Lightning Fabric: float16 autocast is for GPUs.
+    with pytest.warns(UserWarning, match=r"on CPU means 'bf16-mixed'"):
+        precision = parse_precision(value, "cpu")
+    assert isinstance(precision, MixedPrecision) and precision.dtype == torch.bfloat16
+    assert precision.scaler is None
+
+
 def test_16_mixed_has_a_scaler_and_bf16_does_not() -> None:
-    assert isinstance(parse_precision("16-mixed", "cpu").scaler, torch.amp.GradScaler)
+    assert isinstance(MixedPrecision(torch.float16, "cpu").scaler, torch.amp.GradScaler)
     assert parse_precision("bf16-mixed", "cpu").scaler is None
     assert parse_precision("32-true", "cpu").scaler is None
 
@@ -69,10 +76,10 @@ def test_base_precision_is_a_no_op() -> None:
 
 
 def test_scaler_state_round_trip() -> None:
-    precision = parse_precision("16-mixed", "cpu")
+    precision = MixedPrecision(torch.float16, "cpu")
     state = precision.state_dict()
     assert "scaler" in state
-    other = parse_precision("16-mixed", "cpu")
+    other = MixedPrecision(torch.float16, "cpu")
     other.load_state_dict(state)
     assert other.state_dict()["scaler"]["scale"] == state["scaler"]["scale"]
 
@@ -115,3 +122,21 @@ def test_true_precision_sets_the_default_dtype_while_forward_runs(name: str) -> 
         with fabric.autocast():
             assert torch.zeros(1).dtype == dtype
     assert torch.get_default_dtype() == torch.float32
+
+
+def test_mixed_precision_casts_floating_inputs_to_its_dtype_as_lightning_does() -> None:
+    # A forward that mixes its input with a tensor it makes itself sees one dtype under autocast.
+    seen: list[torch.dtype] = []
+
+    class Mixes(nn.Module):
+        def forward(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            seen.extend([x.dtype, idx.dtype])
+            return x * torch.ones(2, dtype=torch.bfloat16)
+
+    from treadle import Fabric
+
+    fabric = Fabric(accelerator="cpu", precision="bf16-mixed")
+    model = fabric.setup(Mixes())
+    out = model(torch.ones(2, dtype=torch.float64), idx=torch.ones(2, dtype=torch.long))
+    assert seen == [torch.bfloat16, torch.long]
+    assert out.dtype == torch.float32  # outputs leave autocast in float32

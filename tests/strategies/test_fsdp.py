@@ -216,4 +216,4 @@ def test_the_strategy_keeps_no_parameter_alive() -> None:
     del model, optimizer
     gc.collect()
     assert [p() for p in sharded] == [None, None], "sharded parameters outlive their model"
-    assert strategy._replaced == {}, "entries of dead parameters are dropped"
+    assert len(strategy._replaced) == 0, "entries of dead parameters are dropped"

@@ -14,6 +14,10 @@ from treadle.tree import map_tensors
 class MixedPrecision(Precision):
     """Parameters stay float32; forward runs under ``torch.autocast``; float16 scales the loss.
 
+    Floating-point inputs of forward are cast to ``dtype`` first, as Lightning Fabric casts them, so a
+    forward that mixes its inputs with tensors it makes under autocast sees one dtype; outputs come back
+    in float32. ``precision="16-mixed"`` on CPU is this with bfloat16 (CPU autocast is for bfloat16).
+
     Args:
         dtype: ``torch.float16`` or ``torch.bfloat16``.
         device_type: ``"cuda"``, ``"cpu"`` or ``"mps"``, the device autocast applies to.
@@ -53,6 +57,12 @@ class MixedPrecision(Precision):
         # Also under bfloat16, where the two would compute the same: a script written for bf16-mixed must
         # not break silently when switched to 16-mixed, whose grad scaler needs fabric.backward.
         return True
+
+    def convert_input(self, data: Any) -> Any:
+        return map_tensors(data, self._cast_input)
+
+    def _cast_input(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to(self.dtype) if tensor.is_floating_point() and tensor.dtype != self.dtype else tensor
 
     def convert_output(self, data: Any) -> Any:
         # Outputs leave autocast in float32 so the loss and anything the user computes from them is accurate.

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from treadle.strategies.parallel import DEFAULT_TIMEOUT, ParallelStrategy, StartMethod
+from treadle.strategies.replaced_parameters import ReplacedParameters
 
 StateDictType = Literal["sharded", "full"]
 
@@ -96,11 +97,7 @@ class FSDPStrategy(ParallelStrategy):
         self.mixed_precision = mixed_precision
         self.state_dict_type: StateDictType = state_dict_type
         self._mesh: Any = None
-        # Sharding replaces every parameter object; optimizers made before setup still hold the old ones.
-        # Keyed by the old parameter's id. Both references are weak: the table must not keep the sharded
-        # parameters of a discarded model alive, and an entry removes itself when its old parameter dies
-        # (so its id cannot be reused while the entry exists).
-        self._replaced: dict[int, tuple[weakref.ref[nn.Parameter], weakref.ref[nn.Parameter]]] = {}
+        self._replaced = ReplacedParameters()
         self._sharded_modules: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
     # --- modules and optimizers ---------------------------------------------------------------------------
@@ -130,10 +127,7 @@ class FSDPStrategy(ParallelStrategy):
                 if isinstance(submodule, self.shard_modules) and not isinstance(submodule, FSDPModule):
                     fully_shard(submodule, **options)
         fully_shard(module, **options)
-        for name, parameter in module.named_parameters():
-            old = before.get(name)
-            if old is not None and old is not parameter:
-                self._remember_replacement(old, parameter)
+        self._replaced.record(before, module)
         self._sharded_modules.add(module)
         return module
 
@@ -144,34 +138,7 @@ class FSDPStrategy(ParallelStrategy):
             RuntimeError: ``optimizer`` already has state for parameters that sharding replaced; the
                 optimizer is left unchanged.
         """
-        swaps: list[tuple[list[Any], int, nn.Parameter]] = []
-        for group in optimizer.param_groups:
-            params = group["params"]
-            for index, parameter in enumerate(params):
-                entry = self._replaced.get(id(parameter))
-                sharded = entry[1]() if entry is not None and entry[0]() is parameter else None
-                if sharded is not None:
-                    swaps.append((params, index, sharded))
-        # Checked before anything changes: a half re-targeted optimizer would be worse than either state.
-        if swaps and optimizer.state:
-            raise RuntimeError(
-                "This optimizer already has state (it stepped) for parameters that FSDP has since replaced by "
-                "sharded ones. Create the optimizer fresh, or set it up before training with it."
-            )
-        for params, index, sharded in swaps:
-            params[index] = sharded
-        return optimizer
-
-    def _remember_replacement(self, old: nn.Parameter, new: nn.Parameter) -> None:
-        key = id(old)
-        table = self._replaced
-
-        def forget(dead: weakref.ref[nn.Parameter]) -> None:
-            entry = table.get(key)
-            if entry is not None and entry[0] is dead:
-                del table[key]
-
-        table[key] = (weakref.ref(old, forget), weakref.ref(new))
+        return self._replaced.retarget(optimizer)
 
     def no_backward_sync(self, module: nn.Module, enabled: bool) -> contextlib.AbstractContextManager[Any]:
         """Accumulate unsharded gradients locally (no reduce-scatter) until the context ends."""
@@ -227,7 +194,7 @@ class FSDPStrategy(ParallelStrategy):
         # strategy="fsdp" with start_method="spawn" pickles the strategy into each new process, before any
         # module is sharded; weak references do not pickle and mean nothing in another process anyway.
         state = self.__dict__.copy()
-        state.update(_mesh=None, _replaced={}, _sharded_modules=None)
+        state.update(_mesh=None, _replaced=ReplacedParameters(), _sharded_modules=None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:

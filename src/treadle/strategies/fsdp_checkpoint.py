@@ -15,7 +15,7 @@ import pickle
 import secrets
 import shutil
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import nn
@@ -23,15 +23,30 @@ from torch import nn
 from treadle import checkpoint
 from treadle.errors import add_note
 
-if TYPE_CHECKING:
-    from treadle.strategies.fsdp import FSDPStrategy
+T = TypeVar("T")
+
+
+class ShardingStrategy(Protocol):
+    """What these functions need of a strategy that shards modules (FSDPStrategy, ModelParallelStrategy)."""
+
+    @property
+    def is_global_zero(self) -> bool: ...
+
+    def barrier(self, name: str | None = None) -> None: ...
+
+    def broadcast(self, obj: T, src: int = 0) -> T: ...
+
+    def run_on_rank_zero(self, action: Callable[[], object], what: str) -> None: ...
+
+    def sharded_modules(self) -> list[nn.Module]: ...
+
 
 Filter = Mapping[str, Callable[[str, Any], bool]]
 META_FILE = "meta.pt"
 _FORMAT = "treadle-sharded-1"
 
 
-def save_sharded(strategy: FSDPStrategy, path: str, state: Mapping[str, Any], filter: Filter | None) -> None:
+def save_sharded(strategy: ShardingStrategy, path: str, state: Mapping[str, Any], filter: Filter | None) -> None:
     """Every rank writes its shards into a fresh folder; rank 0 then renames it to ``path``."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
     from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
@@ -85,7 +100,7 @@ def save_sharded(strategy: FSDPStrategy, path: str, state: Mapping[str, Any], fi
         raise
 
 
-def save_full(strategy: FSDPStrategy, path: str, state: Mapping[str, Any], filter: Filter | None) -> None:
+def save_full(strategy: ShardingStrategy, path: str, state: Mapping[str, Any], filter: Filter | None) -> None:
     """Gather full state dicts on rank 0 (every rank takes part) and write one file there, atomically."""
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
@@ -107,7 +122,7 @@ def save_full(strategy: FSDPStrategy, path: str, state: Mapping[str, Any], filte
 
 
 def load(
-    strategy: FSDPStrategy, path: str, state: dict[str, Any] | None, *, strict: bool, weights_only: bool
+    strategy: ShardingStrategy, path: str, state: dict[str, Any] | None, *, strict: bool, weights_only: bool
 ) -> dict[str, Any]:
     """Restore ``state`` from a sharded folder or a full file; return the entries ``state`` did not ask for."""
     if os.path.isdir(path):
@@ -141,7 +156,7 @@ def load(
 
 
 def _load_sharded(
-    strategy: FSDPStrategy, path: str, state: dict[str, Any] | None, *, strict: bool, weights_only: bool
+    strategy: ShardingStrategy, path: str, state: dict[str, Any] | None, *, strict: bool, weights_only: bool
 ) -> dict[str, Any]:
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
     from torch.distributed.checkpoint.state_dict import (
@@ -205,7 +220,7 @@ def _load_sharded(
 
 
 def _classify(
-    strategy: FSDPStrategy, state: Mapping[str, Any]
+    strategy: ShardingStrategy, state: Mapping[str, Any]
 ) -> tuple[dict[str, nn.Module], dict[str, tuple[torch.optim.Optimizer, nn.Module]], dict[str, Any]]:
     """Split ``state`` into sharded modules, optimizers of sharded modules (with their module), and the rest."""
     from torch.distributed.fsdp import FSDPModule
@@ -224,7 +239,7 @@ def _classify(
         inner = value.module if isinstance(value, FabricModule) else value
         inner = value.optimizer if isinstance(value, FabricOptimizer) else inner
         inner = checkpoint.unwrap_compiled(inner)
-        if isinstance(inner, FSDPModule) and isinstance(inner, nn.Module):
+        if isinstance(inner, nn.Module) and (isinstance(inner, FSDPModule) or is_sharded(inner)):
             modules[key] = inner
         elif isinstance(inner, torch.optim.Optimizer):
             optimizers[key] = inner
@@ -239,6 +254,13 @@ def _classify(
         else:
             owned[key] = (optimizer, owner)
     return modules, owned, others
+
+
+def is_sharded(module: nn.Module) -> bool:
+    """Whether any parameter of ``module`` is a DTensor (tensor parallel, or FSDP2 on a submodule)."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(parameter, DTensor) for parameter in module.parameters())
 
 
 def _owner(key: str, optimizer: torch.optim.Optimizer, modules: list[nn.Module]) -> nn.Module | None:

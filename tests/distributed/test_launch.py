@@ -99,3 +99,14 @@ def group_alive(group: int, within: float) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "popen"])
+def test_each_rank_steps_its_own_copy_of_a_model_passed_to_launch(start_method: str) -> None:
+    # mp.spawn moves the arguments into shared memory: without a copy per rank, 2 ranks apply each update twice.
+    finished = run_job("job_launch", start_method, "update", timeout=60).check()
+    rows = sorted(line.split() for line in finished.stdout.splitlines() if line.startswith("UPDATE"))
+    assert [row[1] for row in rows] == ["0", "1"], finished.stdout
+    for _, _, update_error, momentum_error in rows:
+        assert float(update_error) == 0.0  # the update is exactly lr * buffer: applied once
+        assert float(momentum_error) == 0.0  # the momentum buffer is this rank's, updated once

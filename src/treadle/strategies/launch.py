@@ -183,9 +183,48 @@ def _spawned_rank(
     results: Any,
 ) -> None:
     prepare_rank(dataclasses.replace(template, global_rank=rank, local_rank=rank))
+    _own_copies((args, kwargs))
     result = function(*args, **kwargs)
     if rank == 0:
         results.put(result)
+
+
+def _own_copies(data: Any) -> None:
+    """Give this rank its own storage for the modules' parameters and buffers and the optimizers' state.
+
+    ``mp.spawn`` moves every CPU tensor of ``args`` into shared memory, so without this all ranks would step
+    the same weights: with 2 ranks each update would be applied twice. Replacing ``.data`` keeps the
+    Parameter objects, so an optimizer passed alongside its model still holds the right ones.
+    """
+    import torch
+    from torch import nn
+
+    def own(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.clone() if tensor.is_shared() else tensor
+
+    seen: set[int] = set()
+
+    def visit(value: Any) -> None:
+        if id(value) in seen:
+            return
+        seen.add(id(value))
+        if isinstance(value, nn.Module):
+            with torch.no_grad():
+                for tensor in (*value.parameters(), *value.buffers()):
+                    tensor.data = own(tensor.data)
+        elif isinstance(value, torch.optim.Optimizer):
+            for state in value.state.values():
+                for key, tensor in state.items():
+                    if isinstance(tensor, torch.Tensor):
+                        state[key] = own(tensor)
+        elif isinstance(value, dict):
+            for item in value.values():
+                visit(item)
+        elif isinstance(value, (list, tuple, set)):
+            for item in value:
+                visit(item)
+
+    visit(data)
 
 
 class _LocalRanks:

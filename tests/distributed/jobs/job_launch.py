@@ -6,6 +6,8 @@ Usage: python job_launch.py START_METHOD MODE, where MODE is one of
   raise0  rank 0 raises while rank 1 waits in a barrier
   kill1   rank 1 dies from SIGKILL while rank 0 is busy outside any collective
   wait    prints READY<rank>, then rank 0 waits in a barrier while rank 1 sleeps (for Ctrl-C)
+  update  a model and its optimizer are passed to launch; one SGD step on each rank; every rank prints
+          "UPDATE <rank> <max |weight - (old - lr * buffer)|> <max |buffer - (0.9 * old buffer + grad)|>"
 """
 
 from __future__ import annotations
@@ -51,6 +53,23 @@ def train(fabric: Fabric, mode: str, factor: int) -> dict[str, Any]:
     }
 
 
+def one_step(fabric: Fabric, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    model, optimizer = fabric.setup(model, optimizer)
+    before = model.weight.detach().clone()
+    old_buffer = optimizer.state[model.module.weight]["momentum_buffer"].clone()
+    x = torch.full((4, 2), float(fabric.global_rank + 1))  # different data per rank: DDP averages the grads
+    fabric.backward(model(x).pow(2).sum())
+    optimizer.step()
+    grad = model.weight.grad
+    assert grad is not None
+    buffer = optimizer.state[model.module.weight]["momentum_buffer"]
+    # SGD computes exactly these, so a rank's own single update matches bit for bit.
+    update = before.add(buffer, alpha=-0.1).sub(model.weight.detach()).abs().max().item()
+    momentum = buffer.sub(old_buffer.mul(0.9).add(grad)).abs().max().item()
+    sys.stdout.write(f"UPDATE {fabric.global_rank} {update} {momentum}\n")
+    sys.stdout.flush()
+
+
 if __name__ == "__main__":
     start_method, mode = sys.argv[1], sys.argv[2]
     fabric = Fabric(
@@ -58,6 +77,15 @@ if __name__ == "__main__":
         devices=2,
         strategy=DDPStrategy(start_method=start_method, timeout=timedelta(seconds=30)),  # type: ignore[arg-type]
     )
+    if mode == "update":
+        torch.manual_seed(0)
+        net = torch.nn.Linear(2, 2)
+        sgd = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+        net(torch.ones(1, 2)).sum().backward()
+        sgd.step()  # the optimizer has a momentum buffer before it is passed, so it is shared too
+        sgd.zero_grad()
+        fabric.launch(one_step, net, sgd)
+        sys.exit(0)
     result = fabric.launch(train, mode, factor=10)
     # One write per line: print() writes the text and the newline separately, and two ranks share stdout.
     sys.stdout.write(f"RESULT {result!r}\n")

@@ -48,7 +48,8 @@ class Fabric:
 
     Args:
         accelerator: ``"cpu"``, ``"cuda"``, ``"mps"``, ``"gpu"`` (any GPU), ``"auto"``, or an Accelerator.
-        strategy: ``"auto"``, ``"single_device"``, ``"ddp"``, ``"ddp_spawn"``, ``"fsdp"``, or a Strategy.
+        strategy: ``"auto"``, ``"single_device"``, ``"ddp"``, ``"ddp_spawn"``, ``"ddp_fork"``
+            (``"ddp_notebook"``), ``"fsdp"``, Lightning's other names, or a Strategy.
         devices: how many devices (int), which ones (list of indices), ``-1`` for all, or ``"auto"``.
         num_nodes: how many machines the job spans.
         precision: ``"32-true"``, ``"64-true"``, ``"16-mixed"``, ``"bf16-mixed"``, ``"16-true"``,

@@ -36,8 +36,9 @@ def test_launch_function_popen_returns_rank_zeros_result_in_the_launching_proces
     ]
 
 
-def test_launch_function_spawn_returns_rank_zeros_result() -> None:
-    finished = run_job("job_launch", "spawn", "ok").check()
+@pytest.mark.parametrize("start_method", ["spawn", "fork"])
+def test_launch_function_spawn_returns_rank_zeros_result(start_method: str) -> None:
+    finished = run_job("job_launch", start_method, "ok").check()
     assert results(finished.stdout) == [{"rank": 0, "value": 10, "total": 1.0, "params": 6}]
 
 
@@ -101,7 +102,7 @@ def group_alive(group: int, within: float) -> bool:
     return True
 
 
-@pytest.mark.parametrize("start_method", ["spawn", "popen"])
+@pytest.mark.parametrize("start_method", ["spawn", "fork", "popen"])
 def test_each_rank_steps_its_own_copy_of_a_model_passed_to_launch(start_method: str) -> None:
     # mp.spawn moves the arguments into shared memory: without a copy per rank, 2 ranks apply each update twice.
     finished = run_job("job_launch", start_method, "update", timeout=60).check()

@@ -33,6 +33,35 @@ def test_names_map_to_strategies() -> None:
     assert isinstance(parse_strategy("auto", 1), SingleDeviceStrategy)
 
 
+@pytest.mark.parametrize(
+    ("name", "start_method", "find_unused"),
+    [
+        ("ddp_fork", "fork", False),
+        ("ddp_notebook", "fork", False),
+        ("ddp_find_unused_parameters_true", "popen", True),
+        ("ddp_find_unused_parameters_false", "popen", False),
+        ("ddp_spawn_find_unused_parameters_true", "spawn", True),
+        ("ddp_notebook_find_unused_parameters_true", "fork", True),
+    ],
+)
+def test_lightning_strategy_names_are_accepted(name: str, start_method: str, find_unused: bool) -> None:
+    strategy = parse_strategy(name, 2)
+    assert isinstance(strategy, DDPStrategy)
+    assert strategy.start_method == start_method
+    assert strategy.find_unused_parameters is find_unused
+
+
+def test_fsdp_cpu_offload_name() -> None:
+    strategy = parse_strategy("fsdp_cpu_offload", 2)
+    assert isinstance(strategy, FSDPStrategy) and strategy.cpu_offload
+
+
+@pytest.mark.parametrize(("name", "advice"), [("dp", r"strategy='ddp' with devices=N"), ("deepspeed", "'fsdp'")])
+def test_strategies_treadle_does_not_offer_say_what_to_use(name: str, advice: str) -> None:
+    with pytest.raises(ValueError, match=rf"Fabric\(strategy='{name}'\): .*not offered.*{advice}"):
+        Fabric(accelerator="cpu", strategy=name)
+
+
 def test_options_and_repr() -> None:
     strategy = DDPStrategy(find_unused_parameters=True, bucket_cap_mb=10, timeout=timedelta(seconds=5))
     assert strategy.ddp_kwargs == {"bucket_cap_mb": 10}
@@ -54,9 +83,9 @@ def test_options_and_repr() -> None:
         ({"timeout": 30}, ValueError, r"timeout=30\) must be a positive datetime.timedelta"),
         ({"timeout": timedelta(0)}, ValueError, r"must be a positive"),
         (
-            {"start_method": "fork"},
+            {"start_method": "forkserver"},
             ValueError,
-            r"start_method='fork'\) is not a start method. Choose 'popen'",
+            r"start_method='forkserver'\) is not a start method. Choose 'popen'",
         ),
         ({"process_group_backend": ""}, ValueError, r"process_group_backend=''"),
         ({"bucket_size": 3}, TypeError, r"bucket_size.*DistributedDataParallel does not take.*bucket_cap_mb"),

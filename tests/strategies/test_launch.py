@@ -25,7 +25,7 @@ def test_script_command_reruns_this_interpreter_with_its_arguments(monkeypatch: 
 
 def test_script_command_refuses_an_interactive_session(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "orig_argv", ["python3"])
-    with pytest.raises(RuntimeError, match=r"strategy='ddp_spawn' with fabric.launch\(train_function\)"):
+    with pytest.raises(RuntimeError, match=r"strategy='ddp_notebook' with fabric.launch\(train_function\)"):
         script_command()
 
 
@@ -80,3 +80,13 @@ def test_children_die_with_the_parent_only_where_prctl_exists(
     monkeypatch.setattr(subprocess, "Popen", FakePopen)
     launch._LocalRanks().start(1, ["python", "train.py"], {})
     assert seen == [launch._die_with_parent if has_prctl else None]
+
+
+def test_fork_after_cuda_was_initialized_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from treadle.strategies.launch import spawn_ranks
+
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    with pytest.raises(RuntimeError, match=r"CUDA was already initialized.*strategy='ddp_spawn'"):
+        spawn_ranks(print, (), {}, world_size=2, prepare_rank=lambda env: None, start_method="fork")

@@ -16,6 +16,7 @@ from treadle.strategies.single_device import SingleDeviceStrategy
 if TYPE_CHECKING:
     from treadle.strategies.ddp import DDPStrategy
     from treadle.strategies.fsdp import FSDPStrategy
+    from treadle.strategies.parallel import StartMethod
 
 _DISTRIBUTED = {"DDPStrategy": "treadle.strategies.ddp", "FSDPStrategy": "treadle.strategies.fsdp"}
 
@@ -40,20 +41,71 @@ def _ddp_spawn() -> Strategy:
     return DDPStrategy(start_method="spawn")
 
 
+def _ddp_fork() -> Strategy:
+    from treadle.strategies.ddp import DDPStrategy
+
+    return DDPStrategy(start_method="fork")
+
+
 def _fsdp() -> Strategy:
     from treadle.strategies.fsdp import FSDPStrategy
 
     return FSDPStrategy()
 
 
+def _fsdp_cpu_offload() -> Strategy:
+    from treadle.strategies.fsdp import FSDPStrategy
+
+    return FSDPStrategy(cpu_offload=True)
+
+
+def _find_unused(start_method: StartMethod) -> Callable[[], Strategy]:
+    def make() -> Strategy:
+        from treadle.strategies.ddp import DDPStrategy
+
+        return DDPStrategy(find_unused_parameters=True, start_method=start_method)
+
+    return make
+
+
 STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "single_device": SingleDeviceStrategy,
     "ddp": _ddp,
     "ddp_spawn": _ddp_spawn,
+    "ddp_fork": _ddp_fork,
     "fsdp": _fsdp,
 }
 
+# Lightning Fabric's other names, accepted so its scripts run unchanged. Options belong in the strategy's
+# arguments (DDPStrategy(find_unused_parameters=True)); these names only spell a few of them.
+LIGHTNING_NAMES: dict[str, Callable[[], Strategy]] = {
+    "ddp_notebook": _ddp_fork,
+    "fsdp_cpu_offload": _fsdp_cpu_offload,
+    "ddp_find_unused_parameters_false": _ddp,
+    "ddp_find_unused_parameters_true": _find_unused("popen"),
+    "ddp_spawn_find_unused_parameters_false": _ddp_spawn,
+    "ddp_spawn_find_unused_parameters_true": _find_unused("spawn"),
+    "ddp_fork_find_unused_parameters_false": _ddp_fork,
+    "ddp_fork_find_unused_parameters_true": _find_unused("fork"),
+    "ddp_notebook_find_unused_parameters_false": _ddp_fork,
+    "ddp_notebook_find_unused_parameters_true": _find_unused("fork"),
+}
+
+# Names Lightning users may write for things treadle does not offer, with what to write instead.
+NOT_OFFERED: dict[str, str] = {
+    "dp": (
+        "DataParallel (one process driving several GPUs) is not offered; PyTorch recommends DDP over it "
+        "(faster, one process per device). Use strategy='ddp' with devices=N (or 'ddp_notebook' in a notebook)."
+    ),
+    "deepspeed": (
+        "DeepSpeed is not offered. Use strategy='fsdp' (FSDP2) to shard parameters, gradients and optimizer "
+        "state, or FSDPStrategy(cpu_offload=True) to offload them."
+    ),
+}
+
 __all__ = [
+    "LIGHTNING_NAMES",
+    "NOT_OFFERED",
     "REDUCE_OPS",
     "STRATEGIES",
     "DDPStrategy",
@@ -72,6 +124,10 @@ def parse_strategy(strategy: str | Strategy, num_processes: int) -> Strategy:
     """Turn ``Fabric(strategy=...)`` into a Strategy; ``"auto"`` picks by how many processes the job has."""
     if isinstance(strategy, Strategy):
         return strategy
+    if isinstance(strategy, str) and strategy in NOT_OFFERED:
+        raise ValueError(f"Fabric(strategy={strategy!r}): {NOT_OFFERED[strategy]}")
+    if isinstance(strategy, str) and strategy in LIGHTNING_NAMES:
+        return LIGHTNING_NAMES[strategy]()
     if not isinstance(strategy, str) or (strategy != "auto" and strategy not in STRATEGIES):
         choices = ", ".join(repr(name) for name in ["auto", *STRATEGIES])
         raise ValueError(

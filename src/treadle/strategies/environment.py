@@ -33,7 +33,7 @@ class ProcessEnvironment:
     ``launched`` is True when a launcher (torchrun, ``treadle run``, SLURM with srun, or treadle's own
     process starter) already created every process of the job, so Fabric must not start any.
     ``launcher`` names it: ``"torchrun"`` (any launcher that sets ``RANK``/``WORLD_SIZE``), ``"slurm"``,
-    ``"subprocess"`` (``fabric.launch()`` re-running the script) or ``"spawn"`` (``strategy="ddp_spawn"``).
+    ``"subprocess"`` (``fabric.launch()`` re-running the script) ``"spawn"`` (``strategy="ddp_spawn"``) or ``"fork"`` (``"ddp_fork"``, ``"ddp_notebook"``).
     """
 
     global_rank: int = 0

@@ -6,8 +6,10 @@ Two ways, as the strategy's ``start_method`` says:
   ranks 1..N-1, the way torchrun would have started them. Works from any script; each rank runs the whole
   script, and ``fabric.launch()`` returns in every process.
 * ``"spawn"`` (``strategy="ddp_spawn"``): ``torch.multiprocessing`` starts N fresh interpreters that each run
-  ``fabric.launch(function)``'s function; this process only waits and collects rank 0's result. Works in
-  notebooks, where there is no script to re-run.
+  ``fabric.launch(function)``'s function; this process only waits and collects rank 0's result. The function
+  and its arguments are pickled, so the function must live in an importable module.
+* ``"fork"`` (``strategy="ddp_fork"`` or ``"ddp_notebook"``): as ``"spawn"``, but each rank is a fork of this
+  process, so functions defined in a notebook work. CUDA cannot be used in this process before the fork.
 
 Either way a failing rank ends the others within seconds instead of leaving them blocked in a collective
 until the process group times out.
@@ -56,7 +58,7 @@ def script_command() -> list[str]:
         raise RuntimeError(
             "Fabric.launch() with strategy='ddp' starts the other ranks by running this script again, but "
             "this Python session has no script (an interactive shell or a notebook). Use "
-            "strategy='ddp_spawn' with fabric.launch(train_function), or start the script with torchrun / "
+            "strategy='ddp_notebook' with fabric.launch(train_function), or start the script with torchrun / "
             "`treadle run`."
         )
     return [sys.executable, *original[1:]]
@@ -111,14 +113,17 @@ def spawn_ranks(
     world_size: int,
     prepare_rank: Callable[[ProcessEnvironment], None],
     main_address: str = "127.0.0.1",
+    start_method: str = "spawn",
 ) -> T:
     """Run ``function(*args, **kwargs)`` in ``world_size`` new processes; return rank 0's result.
 
     Each process first calls ``prepare_rank`` with its environment (that is how the strategy, which arrives
-    in the child as a pickled copy, learns its rank). ``function``, its arguments and ``prepare_rank`` are
-    pickled together, so objects they share stay shared in the child. Rank 0's result comes back pickled.
+    in the child as a copy, learns its rank). Under ``"spawn"``, ``function``, its arguments and
+    ``prepare_rank`` are pickled together, so objects they share stay shared in the child; under ``"fork"``
+    the child inherits them. Rank 0's result comes back pickled.
 
     Raises:
+        RuntimeError: ``"fork"`` where this platform cannot fork, or after CUDA was initialized here.
         torch.multiprocessing.ProcessRaisedException: a rank raised; carries that rank's traceback. The
             other ranks are terminated.
         torch.multiprocessing.ProcessExitedException: a rank died without raising (killed, or os._exit).
@@ -126,16 +131,18 @@ def spawn_ranks(
     import torch.multiprocessing as mp
     from torch.multiprocessing.spawn import start_processes
 
+    if start_method == "fork":
+        _check_can_fork()
     port = find_free_port(main_address)
-    template = _local_job(world_size, main_address, port, launcher="spawn")
-    context = mp.get_context("spawn")
+    template = _local_job(world_size, main_address, port, launcher=start_method)
+    context = mp.get_context(start_method)
     results = context.SimpleQueue()
     processes = start_processes(  # type: ignore[no-untyped-call]
         _spawned_rank,
         args=(template, prepare_rank, function, tuple(args), kwargs, results),
         nprocs=world_size,
         join=False,
-        start_method="spawn",
+        start_method=start_method,
     )
     received: list[Any] = []
     try:
@@ -189,6 +196,23 @@ def _spawned_rank(
         results.put(result)
 
 
+def _check_can_fork() -> None:
+    import torch
+    import torch.multiprocessing as mp
+
+    if "fork" not in mp.get_all_start_methods():
+        raise RuntimeError(
+            f"strategy='ddp_fork' forks this process, which {sys.platform} cannot do. Use strategy='ddp_spawn' "
+            "with a function defined in a module, or strategy='ddp'."
+        )
+    if torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
+        raise RuntimeError(
+            "strategy='ddp_fork' (or 'ddp_notebook') cannot fork this process: CUDA was already initialized "
+            "in it, and a forked child cannot use CUDA then. Restart the kernel and call fabric.launch() "
+            "before anything touches the GPU (e.g. .cuda(), torch.cuda.*), or use strategy='ddp_spawn'."
+        )
+
+
 def _own_copies(data: Any) -> None:
     """Give this rank its own storage for the modules' parameters and buffers and the optimizers' state.
 
@@ -200,7 +224,7 @@ def _own_copies(data: Any) -> None:
     from torch import nn
 
     def own(tensor: torch.Tensor) -> torch.Tensor:
-        return tensor.clone() if tensor.is_shared() else tensor
+        return tensor.clone() if tensor.is_shared() else tensor  # type: ignore[no-untyped-call]
 
     seen: set[int] = set()
 

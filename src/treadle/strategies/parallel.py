@@ -21,7 +21,7 @@ from treadle.strategies.environment import ProcessEnvironment
 from treadle.strategies.launch import find_free_port, spawn_ranks, start_local_ranks
 
 T = TypeVar("T")
-StartMethod = Literal["popen", "spawn"]
+StartMethod = Literal["popen", "spawn", "fork"]
 
 # torch's own default is 30 minutes for gloo: far too long to notice a dead rank. Ten minutes still lets
 # rank 0 write a large checkpoint while the others wait at the barrier; pass `timeout=` to change it.
@@ -37,7 +37,8 @@ class ParallelStrategy(Strategy):
         timeout: how long a collective waits for the other ranks before it fails.
         process_group_backend: ``"gloo"``, ``"nccl"``, ...; None picks nccl on CUDA and gloo elsewhere.
         start_method: how ``fabric.launch()`` starts the ranks when no launcher did: ``"popen"`` re-runs the
-            script, ``"spawn"`` starts fresh interpreters that run ``fabric.launch(function)``'s function.
+            script, ``"spawn"`` starts fresh interpreters that run ``fabric.launch(function)``'s function,
+            ``"fork"`` forks this process for each rank (works in notebooks; not after CUDA is initialized).
 
     Raises:
         TypeError, ValueError: an option has the wrong type or value; the message names it.
@@ -68,7 +69,8 @@ class ParallelStrategy(Strategy):
         if start_method not in get_args(StartMethod):
             raise ValueError(
                 f"{cls}(start_method={start_method!r}) is not a start method. Choose 'popen' (re-run the "
-                "script for each rank) or 'spawn' (start processes that run fabric.launch(function))."
+                "script for each rank), 'spawn' (start processes that run fabric.launch(function)) or 'fork' "
+                "(fork this process for each rank, as in a notebook)."
             )
         self.timeout = timeout
         self.process_group_backend = process_group_backend
@@ -137,7 +139,7 @@ class ParallelStrategy(Strategy):
                 "on every machine with torchrun or `treadle run --num-nodes N --node-rank R --main-address "
                 "HOST`; fabric.launch() then has nothing to start."
             )
-        if self.start_method == "spawn":
+        if self.start_method in ("spawn", "fork"):
             if function is None:
                 raise RuntimeError(
                     f"Fabric(strategy={self!r}) starts new processes that run a function, so it needs one: "
@@ -145,7 +147,12 @@ class ParallelStrategy(Strategy):
                     "itself on every rank, use strategy='ddp'."
                 )
             return spawn_ranks(
-                function, args, kwargs, world_size=self.world_size, prepare_rank=self._enter_rank
+                function,
+                args,
+                kwargs,
+                world_size=self.world_size,
+                prepare_rank=self._enter_rank,
+                start_method=self.start_method,
             )
         self.environment = start_local_ranks(self.world_size)
         return None if function is None else function(*args, **kwargs)

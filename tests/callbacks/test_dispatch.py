@@ -15,6 +15,7 @@ from typing import Any, overload
 
 import pytest
 
+from treadle import Fabric
 from treadle.callbacks import Callback, CallbackDispatcher, HookRegistry, rank_zero_only
 from treadle.callbacks import dispatch as dispatch_module
 
@@ -963,7 +964,7 @@ def _tagged(method: Any, *args: Any, **kwargs: Any) -> Any:
 def used_dispatcher(**kwargs: Any) -> CallbackDispatcher:
     """A dispatcher whose plans are built: several hooks, shapes and a bind error were planned."""
     registry = HookRegistry()
-    for name in ("on_x", "on_my_event"):
+    for name in ("on_x", "on_my_event", "on_unused"):
         registry.register(name)
     dispatcher = CallbackDispatcher(
         [Scaled(2), ScaledOnRankZero(5), Scaled(3)], strict_hooks=True, registry=registry, **kwargs
@@ -1061,3 +1062,46 @@ def test_a_shallow_copy_gets_its_own_plan_table_rank_and_wrapper() -> None:
     clone.wrap_methods(tag_wrapper)
     assert dispatcher.call("on_x", 1) == [2, 5, 3]
     assert clone.call("on_x", 1) == [("tagged", 2), ("tagged", 3)]
+
+
+class _BatchEnd:
+    def on_train_batch_end(self, loss: float) -> None: ...
+
+
+def test_calling_a_misspelled_hook_that_nothing_implements_warns_once_with_a_suggestion() -> None:
+    fabric = Fabric(accelerator="cpu", callbacks=[_BatchEnd()])
+    with pytest.warns(UserWarning, match=r"call\('on_train_batch_ned'\).*did you mean 'on_train_batch_end'"):
+        assert fabric.call("on_train_batch_ned", loss=1.0) == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fabric.call("on_train_batch_ned", loss=1.0)  # once per name
+        fabric.call("on_generate_samples")  # an event of the user's own, like no known hook: silent
+        fabric.call("on_train_batch_end", loss=1.0)
+
+
+def test_strict_hooks_make_an_unknown_unimplemented_call_an_error() -> None:
+    fabric = Fabric(accelerator="cpu", callbacks=[_BatchEnd()], strict_hooks=True)
+    with pytest.raises(ValueError, match=r"call\('on_validaton_end'\).*did you mean 'on_validation_end'"):
+        fabric.call("on_validaton_end")
+    with pytest.raises(ValueError, match=r"register_hook\('on_generate_samples'\)"):
+        fabric.call("on_generate_samples")
+    fabric.register_hook("on_generate_samples")
+    assert fabric.call("on_generate_samples") == []
+    assert fabric.call("on_train_batch_end", loss=1.0) == [None]
+
+
+@pytest.mark.parametrize("name", ["__init__", "__repr__", "_private"])
+def test_private_and_special_names_are_not_hooks(name: str) -> None:
+    created: list[int] = []
+
+    class Counts:
+        def __init__(self) -> None:
+            created.append(1)
+
+        def _private(self) -> None:
+            created.append(2)
+
+    fabric = Fabric(accelerator="cpu", callbacks=[Counts()])
+    with pytest.raises(ValueError, match=rf"call\(hook_name='{name}'\): names starting with '_' are not hooks"):
+        fabric.call(name)
+    assert created == [1]

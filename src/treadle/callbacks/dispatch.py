@@ -234,7 +234,12 @@ class CallbackDispatcher:
         Raises:
             TypeError: `hook_name` is not a string, or a method requires a parameter the call does not
                 supply (raised before any callback runs).
-            ValueError: `hook_name` is not a Python identifier.
+            ValueError: `hook_name` is not a Python identifier, starts with ``_``, or (under
+                ``strict_hooks``) is neither a known hook nor implemented by any callback.
+
+        A hook that no callback implements and that is not known (built in, declared with `register_hook`,
+        or fired before) is reported once with a `UserWarning` when it looks like a misspelling of a known
+        one, since it would never run anything.
             Exception: whatever a callback raises, unchanged but with a note naming the callback and hook;
                 the callbacks after it are not called.
 
@@ -318,11 +323,19 @@ class CallbackDispatcher:
                 f"call(hook_name={hook!r}) is not a valid hook name: hooks are method names, so they must be "
                 f"Python identifiers such as 'on_train_batch_end'."
             )
+        if hook.startswith("_"):
+            raise ValueError(
+                f"call(hook_name={hook!r}): names starting with '_' are not hooks; calling it would run every "
+                f"callback's private or special method of that name. Name a public method such as "
+                f"'on_train_batch_end', or declare your own with register_hook('on_...')."
+            )
         if any(type(name) is not str for name in kwnames):
             raise TypeError(
                 f"call({hook!r}, ...): keyword names must be plain str, got "
                 f"{[name for name in kwnames if type(name) is not str]!r}. Pass str(name) as the key."
             )
+        implemented = any(callable(getattr(callback, hook, None)) for callback in self._callbacks)
+        self.registry.check_call(hook, implemented=implemented, strict=self._strict_hooks)
         self.registry.record_call(hook)
         key = (hook, nargs, kwnames)
         plan = self._compile(hook, nargs, kwnames, dynamic=False)

@@ -177,6 +177,34 @@ class HookRegistry:
         """
         self._names.add(name)
 
+    def check_call(self, name: str, *, implemented: bool, strict: bool) -> None:
+        """Report a name fired through `call()` that is not known and that no callback implements.
+
+        Warns once per name when it is close in spelling to a known hook (it would never run anything);
+        under `strict`, every such name is an error.
+
+        Raises:
+            ValueError: `strict` is true and `name` is neither known nor implemented.
+        """
+        if implemented or name in self._names:
+            return
+        close = self._close_matches(name) if name.startswith("on_") else _close_names(name, self._names)
+        hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+        declare = f"If it is your own hook, declare it with Fabric(hooks=[{name!r}]) or fabric.register_hook({name!r})."
+        if strict:
+            raise ValueError(
+                f"fabric.call({name!r}): no callback implements it and it is not a known hook; {hint}"
+                f"strict_hooks=True makes this an error. {declare}"
+            )
+        if close and ("call", name, "") not in self._warned:
+            self._warned.add(("call", name, ""))
+            warnings.warn(
+                f"fabric.call({name!r}): no callback implements it and it is not a known hook; {hint}"
+                f"It calls nothing. {declare}",
+                UserWarning,
+                stacklevel=caller_stacklevel(),
+            )
+
     def check_callback(self, callback: object, *, strict: bool) -> None:
         """Report the callback's ``on_*`` methods that match no known hook.
 
@@ -240,6 +268,10 @@ class HookRegistry:
         }
         stems = difflib.get_close_matches(name[3:], list(by_stem), n=3, cutoff=_TYPO_CUTOFF)
         return list(dict.fromkeys([*corrected, *(by_stem[stem] for stem in stems)]))[:3]
+
+
+def _close_names(name: str, known: set[str]) -> list[str]:
+    return difflib.get_close_matches(name, sorted(known), n=3, cutoff=_TYPO_CUTOFF)
 
 
 def _word_pairs(name: str, known: str) -> list[tuple[str, str]] | None:

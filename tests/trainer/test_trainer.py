@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
-from tests.trainer.models import Classifier, MemoryLogger, loader, trainer
+from tests.trainer.models import Classifier, MemoryLogger, loader, parameters_of, trainer
 from treadle.trainer import Trainer
 
 
@@ -217,3 +217,48 @@ def test_progress_bar_setting_is_read_from_the_validated_settings() -> None:
     with pytest.raises(TypeError, match=r"enable_progress_bar='yes'\) must be True or False"):
         trainer(enable_progress_bar="yes")
     assert not any(isinstance(c, ProgressBar) for c in trainer(enable_progress_bar=False).fabric.callbacks)
+
+
+def test_lightning_argument_names_train_exactly_as_treadle_names() -> None:
+    results = []
+    for names in (
+        {"grad_accum_steps": 2, "val_every_n_epochs": 2},
+        {"accumulate_grad_batches": 2, "check_val_every_n_epoch": 2},
+    ):
+        torch.manual_seed(0)
+        model, logger = Classifier(), MemoryLogger()
+        options = {
+            "logger" if "accumulate_grad_batches" in names else "loggers": logger,
+            "log_every_n_steps": 1,
+        }
+        trainer(max_epochs=2, **names, **options).fit(model, loader(), loader())
+        results.append((parameters_of(model), logger.metrics))
+    (treadle_params, treadle_logs), (lightning_params, lightning_logs) = results
+    assert treadle_logs == lightning_logs and any("val_loss" in metrics for _, metrics in lightning_logs)
+    assert all(torch.equal(treadle_params[name], lightning_params[name]) for name in treadle_params)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"val_check_interval": 0.25}, r"val_check_interval=.*Lightning.*val_every_n_steps=n"),
+        ({"default_root_dir": "runs"}, r"default_root_dir=.*checkpoint_dir="),
+        ({"enable_checkpointing": True}, r"ModelCheckpoint"),
+        (
+            {"accumulate_grad_batchs": 2},
+            r"unexpected keyword argument 'accumulate_grad_batchs'.*'accumulate_grad_batches'",
+        ),
+        ({"max_epoch": 2}, r"Did you mean 'max_epochs'"),
+        (
+            {"grad_accum_steps": 2, "accumulate_grad_batches": 4},
+            r"grad_accum_steps=.*accumulate_grad_batches=.*one",
+        ),
+        ({"check_val_every_n_epoch": 1, "validation_frequency": 2}, r"both set val_every_n_epochs"),
+        ({"accumulate_grad_batches": 0}, r"grad_accum_steps=0"),
+    ],
+)
+def test_lightning_arguments_treadle_does_not_take_say_what_to_write(
+    kwargs: dict[str, Any], match: str
+) -> None:
+    with pytest.raises((TypeError, ValueError), match=match):
+        trainer(**kwargs)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import difflib
 import math
 import os
+from collections.abc import Sequence
 from typing import Any, Literal
 
-__all__ = ["LoopSettings", "parse_max_time"]
+__all__ = ["LIGHTNING_ALIASES", "LoopSettings", "parse_max_time", "translate_lightning_arguments"]
 
 ClipAlgorithm = Literal["norm", "value"]
 UNLIMITED = -1
@@ -151,3 +153,64 @@ def _check_limit(name: str, value: Any, allow_zero: bool) -> None:
         f"Trainer({name}={value!r}) must be an int >= {smallest} (a number of batches{zero}), a float in "
         f"(0, 1] (a fraction of the dataloader), or None for all batches."
     )
+
+
+# Lightning Trainer arguments that mean exactly what a treadle argument means: accepted under either name.
+LIGHTNING_ALIASES = {
+    "accumulate_grad_batches": "grad_accum_steps",
+    "check_val_every_n_epoch": "val_every_n_epochs",
+    "validation_frequency": "val_every_n_epochs",  # the name in Lightning's build_your_own_trainer example
+    "logger": "loggers",
+}
+
+# Lightning Trainer arguments treadle's Trainer does not take, with what to write instead.
+_NOT_TAKEN = {
+    "val_check_interval": "validate every n optimizer steps with val_every_n_steps=n (an int); validating at a "
+    "fraction of an epoch is not offered",
+    "default_root_dir": "pass checkpoint_dir='...' for last.ckpt and give each logger its folder, e.g. "
+    "loggers=CSVLogger('logs')",
+    "enable_checkpointing": "the Trainer writes checkpoint_dir/last.ckpt on SIGTERM only; for checkpoints during "
+    "training add callbacks=[ModelCheckpoint(...)]",
+    "checkpoint_frequency": "add callbacks=[ModelCheckpoint(every_n_epochs=n)]",
+    "fast_dev_run": "pass max_steps=1 and limit_val_batches=1 for a quick run through every hook",
+    "min_epochs": "the Trainer stops at the first limit reached (max_epochs, max_steps, max_time) or when a "
+    "callback sets trainer.should_stop; it has no minimum",
+    "min_steps": "the Trainer stops at the first limit reached (max_epochs, max_steps, max_time) or when a "
+    "callback sets trainer.should_stop; it has no minimum",
+    "num_sanity_val_steps": "no sanity validation runs before fit; call trainer.validate(model, val_loader) "
+    "first if you want one",
+    "deterministic": "call treadle.seed_everything(seed) and torch.use_deterministic_algorithms(True) before "
+    "building the Trainer",
+    "benchmark": "set torch.backends.cudnn.benchmark = True yourself",
+    "profiler": "add callbacks=[Profiler(...)]",
+    "overfit_batches": "pass limit_train_batches=n and the same loader for validation",
+}
+
+
+def translate_lightning_arguments(given: dict[str, Any], treadle_names: Sequence[str]) -> dict[str, Any]:
+    """Lightning Trainer arguments passed to treadle's ``Trainer``, as ``{treadle name: value}``.
+
+    Raises:
+        TypeError: an argument is not one the Trainer takes: the message says what to write instead
+            (or the closest names), or two of its Lightning names stand for the same treadle argument.
+    """
+    translated: dict[str, Any] = {}
+    source: dict[str, str] = {}
+    for name, value in given.items():
+        target = LIGHTNING_ALIASES.get(name)
+        if target is None:
+            if name in _NOT_TAKEN:
+                raise TypeError(
+                    f"Trainer({name}=...) is a Lightning Trainer argument treadle does not take: "
+                    f"{_NOT_TAKEN[name]}."
+                )
+            close = difflib.get_close_matches(name, [*treadle_names, *LIGHTNING_ALIASES], n=3, cutoff=0.6)
+            hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise TypeError(
+                f"Trainer() got an unexpected keyword argument {name!r}.{hint} The arguments are "
+                f"listed in help(treadle.Trainer)."
+            )
+        if target in translated:
+            raise TypeError(f"Trainer({source[target]}=..., {name}=...) both set {target}; pass one of them.")
+        translated[target], source[target] = value, name
+    return translated

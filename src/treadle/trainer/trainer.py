@@ -13,6 +13,7 @@ batches (skipping those a resumed run already trained on), ``_train_batch`` is o
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -27,7 +28,13 @@ from treadle.fabric import Fabric
 from treadle.loggers.base import metric_value
 from treadle.trainer import checkpointing
 from treadle.trainer.batches import check_loader, count_batches, numbered, set_sampler_epoch, skip
-from treadle.trainer.config import ClipAlgorithm, LoopSettings, parse_max_time
+from treadle.trainer.config import (
+    LIGHTNING_ALIASES,
+    ClipAlgorithm,
+    LoopSettings,
+    parse_max_time,
+    translate_lightning_arguments,
+)
 from treadle.trainer.lifecycle import model_as_last_callback
 from treadle.trainer.limits import Limits
 from treadle.trainer.metrics import EpochMeans, batch_size_of, step_metrics
@@ -60,6 +67,9 @@ class Trainer:
         enable_progress_bar: add a ``ProgressBar`` after your callbacks unless you passed one.
         log_every_n_steps: log ``train_loss`` every this many optimizer steps.
         strict_hooks: make every unknown ``on_*`` method of a callback an error.
+        lightning_names: Lightning's names for the same settings are accepted: ``accumulate_grad_batches``,
+            ``check_val_every_n_epoch``, ``logger``. Its other arguments raise a ``TypeError`` saying what
+            to write instead (``val_check_interval`` -> ``val_every_n_steps``, ...).
 
     Raises:
         ValueError, TypeError: an argument is invalid; the message names it and the fix.
@@ -94,7 +104,15 @@ class Trainer:
         enable_progress_bar: bool = True,
         log_every_n_steps: int = 10,
         strict_hooks: bool = False,
+        **lightning_names: Any,
     ) -> None:
+        if lightning_names:
+            given = {"grad_accum_steps": grad_accum_steps, "val_every_n_epochs": val_every_n_epochs,
+                     "loggers": loggers}  # fmt: skip
+            renamed = _lightning_arguments(lightning_names, given)
+            grad_accum_steps = renamed.get("grad_accum_steps", grad_accum_steps)
+            val_every_n_epochs = renamed.get("val_every_n_epochs", val_every_n_epochs)
+            loggers = renamed.get("loggers", loggers)
         self._settings = LoopSettings(
             max_epochs, max_steps, parse_max_time(max_time), grad_accum_steps, limit_train_batches,
             limit_val_batches, val_every_n_epochs, val_every_n_steps, gradient_clip_val,
@@ -560,3 +578,15 @@ def _as_list(callbacks: Any) -> list[Any]:
     if callbacks is None:
         return []
     return list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+
+
+def _lightning_arguments(lightning_names: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """``Trainer(**lightning_names)`` as treadle arguments; an error when the treadle name was passed too."""
+    parameters = inspect.signature(Trainer.__init__).parameters
+    names = [name for name in parameters if name not in ("self", "lightning_names")]
+    renamed = translate_lightning_arguments(lightning_names, names)
+    for name in renamed:
+        if given[name] != parameters[name].default:
+            alias = next(alias for alias in lightning_names if LIGHTNING_ALIASES.get(alias) == name)
+            raise TypeError(f"Trainer({name}=..., {alias}=...) set the same thing twice; pass one of them.")
+    return renamed

@@ -24,6 +24,7 @@ _LAZY = {
     "TensorBoardLogger": "treadle.loggers",
     "Logger": "treadle.loggers",
     "seed_everything": "treadle.seed",
+    "is_wrapped": "treadle.wrappers",
 }
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from treadle.loggers import CSVLogger, Logger, TensorBoardLogger
     from treadle.seed import seed_everything
     from treadle.trainer import Trainer
+    from treadle.wrappers import is_wrapped
 
 __all__ = [
     "CSVLogger",
@@ -56,6 +58,7 @@ __all__ = [
     "TensorBoardLogger",
     "ThroughputMonitor",
     "Trainer",
+    "is_wrapped",
     "rank_zero_only",
     "seed_everything",
 ]

@@ -544,7 +544,9 @@ class Fabric:
         strategy = self._strategy
         extra = {} if group is None else {"group": group}
         tensors = scalars_to_tensors(data, self.device)
-        return map_tensors(tensors, lambda tensor: strategy.all_gather(tensor, sync_grads=sync_grads, **extra))
+        return map_tensors(
+            tensors, lambda tensor: strategy.all_gather(tensor, sync_grads=sync_grads, **extra)
+        )
 
     def all_reduce(self, data: Any, group: Any = None, reduce_op: ReduceOp | Any = "mean") -> Any:
         """Reduce tensors or numbers, alone or nested in collections, across ranks.
@@ -681,3 +683,16 @@ def _not_a_loss(value: object) -> str:
         f"Fabric.backward() takes the loss tensor, not {type(value).__name__} {value!r:.80}. Pass the scalar "
         "tensor to differentiate, e.g. fabric.backward(loss)."
     )
+
+
+# After `import treadle as L`, Lightning's paths `L.fabric.strategies.fsdp.FSDPStrategy` and
+# `L.fabric.utilities.types.LRScheduler` resolve to treadle's packages of the same names.
+_PACKAGES = ("accelerators", "loggers", "precision", "strategies", "utilities", "wrappers")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PACKAGES:
+        import importlib
+
+        return importlib.import_module(f"treadle.{name}")
+    raise AttributeError(f"module 'treadle.fabric' has no attribute {name!r}")

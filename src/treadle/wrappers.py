@@ -21,7 +21,7 @@ from treadle.checkpoint import unwrap_compiled
 from treadle.precision import Precision
 from treadle.precision.base import inherits
 from treadle.strategies import Strategy
-from treadle.tree import map_tensors
+from treadle.tree import map_leaves, map_tensors
 
 _MISSING = object()
 
@@ -512,6 +512,50 @@ def unwrap(obj: Any) -> Any:
         return obj.module
     if isinstance(obj, FabricOptimizer):
         return obj.optimizer
+    return obj
+
+
+def is_wrapped(obj: object) -> bool:
+    """Whether `obj` was set up by Fabric: a set-up module (also after ``torch.compile``), optimizer or
+    dataloader.
+
+    Example::
+
+        model = fabric.setup(model)
+        assert is_wrapped(model) and not is_wrapped(model.module)
+    """
+    from treadle.data import FabricDataLoader  # data.py sits beside this module; imported on use
+
+    return isinstance(_outside_compile(obj), (FabricModule, FabricOptimizer, FabricDataLoader))
+
+
+def unwrap_objects(collection: Any) -> Any:
+    """`collection` with every set-up module, optimizer and dataloader in it replaced by the original.
+
+    Goes through dicts, lists, tuples and dataclasses; anything else is returned unchanged.
+
+    Example::
+
+        model, optimizer = unwrap_objects((fabric_model, fabric_optimizer))
+    """
+    return map_leaves(collection, _original, is_wrapped)
+
+
+_unwrap_objects = unwrap_objects  # Lightning's name: `from lightning.fabric.wrappers import _unwrap_objects`
+
+
+def _original(obj: Any) -> Any:
+    from treadle.data import FabricDataLoader
+
+    obj = _outside_compile(obj)
+    return obj.dataloader if isinstance(obj, FabricDataLoader) else unwrap(obj)
+
+
+def _outside_compile(obj: Any) -> Any:
+    # torch.compile(fabric_model) holds the set-up module as the submodule `_orig_mod`. Not getattr: a
+    # FabricModule forwards unknown attributes to the module it wraps, which may itself be compiled.
+    while isinstance(obj, nn.Module) and "_orig_mod" in obj._modules:
+        obj = obj._modules["_orig_mod"]
     return obj
 
 

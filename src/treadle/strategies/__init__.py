@@ -21,8 +21,14 @@ if TYPE_CHECKING:
 _DISTRIBUTED = {"DDPStrategy": "treadle.strategies.ddp", "FSDPStrategy": "treadle.strategies.fsdp"}
 
 
+# Submodules reachable as attributes, as Lightning scripts write them (`strategies.fsdp.FSDPStrategy`).
+_SUBMODULES = ("ddp", "fsdp", "launch", "parallel", "fsdp_checkpoint")
+
+
 def __getattr__(name: str) -> Any:
     # `from treadle.strategies import DDPStrategy` works without importing torch.distributed for everyone.
+    if name in _SUBMODULES:
+        return importlib.import_module(f"treadle.strategies.{name}")
     module = _DISTRIBUTED.get(name)
     if module is None:
         raise AttributeError(f"module 'treadle.strategies' has no attribute {name!r}")

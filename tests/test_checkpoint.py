@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from treadle import checkpoint
+from treadle import Fabric, checkpoint
 from treadle.checkpoint import atomic_save, load_checkpoint, load_raw, save_checkpoint, to_saveable
 from treadle.seed import capture_rng_state, restore_rng_state, seed_everything
 
@@ -476,3 +476,12 @@ def test_only_the_given_keys_are_restored() -> None:
     state = {"a": 0, "b": 0}
     assert checkpoint.restore_entries(state, {"a": 1, "b": 2}, "ckpt", strict=True, keys=["a"]) == {"b": 2}
     assert state == {"a": 1, "b": 0}
+
+
+def test_a_filter_that_keeps_no_entry_drops_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "c.pt"
+    fabric = Fabric(accelerator="cpu")
+    model = fabric.setup(_model())
+    fabric.save(path, {"model": model, "step": 4}, filter={"model": lambda name, _: name.startswith("lm_head.")})
+    assert torch.load(path, weights_only=True) == {"step": 4}
+    assert fabric.load(path) == {"step": 4}

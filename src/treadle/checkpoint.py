@@ -51,7 +51,8 @@ def to_saveable(
             ``torch.compile`` wrapper is unwrapped first so the names carry no ``_orig_mod.`` prefix. Other
             values (ints, tensors, dicts, lists, ...) are kept as they are.
         filter: Optional map from a key of ``state`` to a predicate ``(name, value) -> bool``. The predicate
-            sees each entry of that key's state dict and only entries for which it returns True are kept.
+            sees each entry of that key's state dict and only entries for which it returns True are kept;
+            when it keeps none, the key is left out.
             If the key's value is not a dict, the predicate sees ``(key, value)`` and decides whether the
             whole value is kept.
 
@@ -81,7 +82,9 @@ def to_saveable(
         if keep is None:
             saveable[key] = converted
         elif isinstance(converted, Mapping):
-            saveable[key] = _filtered(converted, keep)
+            kept = _filtered(converted, keep)
+            if kept:  # a filter that keeps no entry drops the key (as Lightning does)
+                saveable[key] = kept
         elif keep(key, converted):
             saveable[key] = converted
     return saveable

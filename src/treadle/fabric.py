@@ -57,7 +57,8 @@ class Fabric:
             or a Precision.
         callbacks: one object or a list of objects whose methods ``call`` invokes by name.
         loggers: one logger or a list of loggers (see ``treadle.loggers``); metrics go to all of them.
-        strict_hooks: if True, a callback method named ``on_*`` that is not a known hook is an error.
+        strict_hooks: if True, a callback method named ``on_*`` that is not a known hook is an error, and so
+            is ``call()`` of a name that is neither known nor implemented by any callback.
         hooks: names of your own hooks, known before ``callbacks`` are checked for misspellings.
         plugins: one object or a list, as in Lightning Fabric, of the kinds treadle has: a Precision
             (instead of ``precision=``) and a ``treadle.strategies.ProcessEnvironment`` (who this process is,

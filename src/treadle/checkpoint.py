@@ -10,23 +10,28 @@ with ``weights_only=True`` by default, so loading a checkpoint cannot execute co
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import pickle
 import re
+import shutil
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
-from typing import Any
+from typing import IO, Any, cast
 
 import torch
 
 from treadle.errors import add_note
 from treadle.files import atomic_open
+from treadle.integrity import CorruptCheckpointError, check_loadable, checkpoint_size, verify_archive
 
 __all__ = [
+    "CorruptCheckpointError",
     "MissingKeysError",
     "atomic_save",
     "check_filter",
     "check_missing_keys",
+    "check_path",
     "load_checkpoint",
     "load_raw",
     "restore_entries",
@@ -110,8 +115,75 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
     Example:
         >>> atomic_save({"step": 10}, "checkpoints/last.pt")  # doctest: +SKIP
     """
-    with atomic_open(path, "wb") as file:
-        torch.save(obj, file)
+    check_path(path, "the checkpoint path")
+    check_loadable(obj)
+    recorder: _Recorder | None = None
+    try:
+        with atomic_open(path, "wb") as file:
+            recorder = _Recorder(file)
+            torch.save(obj, cast("IO[bytes]", recorder))  # torch needs only write() and flush()
+    except Exception as error:
+        # torch's zip writer turns a failed write into "unexpected pos 704 vs 598"; the OSError the file
+        # raised underneath (no space left, quota, I/O error) is the one to report, with the real path.
+        cause = recorder.error if recorder is not None and recorder.error is not None else error
+        if not isinstance(cause, OSError) or cause.errno is None:
+            raise  # not from the filesystem, or already a message of ours (an existing folder at path)
+        raise _write_error(os.fspath(path), cause, obj) from error
+
+
+def check_path(path: Any, argument: str, *, file: bool = True) -> None:
+    """Raise unless `path` is a str or ``os.PathLike`` of str (and, with `file`, does not end in a separator).
+
+    Raises:
+        TypeError: `path` is an int (a file descriptor), bytes or another type; names `argument`.
+        ValueError: `file` is true and `path` ends with a folder separator.
+    """
+    shown = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
+    if not isinstance(shown, str):
+        raise TypeError(
+            f"{argument} must be a path as str or pathlib.Path, got {path!r} ({type(path).__name__}). "
+            "Example: 'checkpoints/last.ckpt'."
+        )
+    if file and shown.endswith(("/", os.sep)):
+        raise ValueError(
+            f"{argument} is {shown!r}, which ends with a folder separator, but a checkpoint is a file. Name "
+            f"the file, e.g. {os.path.join(shown, 'last.ckpt')!r}, or drop the trailing {shown[-1]!r}."
+        )
+
+
+class _Recorder:
+    """The temporary file as torch.save sees it: keeps the first OSError a write raised."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return int(self.file.write(data))
+        except OSError as error:
+            self.error = self.error or error
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.1f} kB"
+
+
+def _write_error(shown: str, cause: OSError, obj: Any) -> OSError:
+    reason = cause.strerror or str(cause)
+    if cause.errno in (errno.ENOSPC, errno.EDQUOT):
+        folder = os.path.dirname(os.path.abspath(shown))
+        try:
+            free = f", {_megabytes(shutil.disk_usage(folder).free)} free there"
+        except OSError:
+            free = ""
+        needed = _megabytes(checkpoint_size(obj))
+        reason = f"{reason[:1].lower()}{reason[1:]} (needed ~{needed}{free}); the previous file, if any, is kept"
+    return OSError(cause.errno, f"could not write checkpoint {shown!r}: {reason}")
 
 
 def save_checkpoint(
@@ -422,6 +494,11 @@ def _has_method(obj: Any, name: str) -> bool:
 
 def _read(path: str | os.PathLike[str], *, weights_only: bool) -> Any:
     shown = os.fspath(path)
+    if shown.endswith(("/", os.sep)) and os.path.isfile(shown.rstrip("/" + os.sep)):
+        raise NotADirectoryError(
+            f"Checkpoint path {shown!r} ends with a folder separator but names a file; pass "
+            f"{shown.rstrip('/' + os.sep)!r}."
+        )
     if os.path.isdir(shown):
         raise IsADirectoryError(
             f"Checkpoint path {shown!r} is a folder. Pass the checkpoint file inside it, such as "
@@ -429,6 +506,7 @@ def _read(path: str | os.PathLike[str], *, weights_only: bool) -> Any:
         )
     if not os.path.exists(shown):
         raise FileNotFoundError(_missing_file_message(shown))
+    verify_archive(shown)
     try:
         return torch.load(shown, map_location="cpu", weights_only=weights_only)
     except pickle.UnpicklingError as error:

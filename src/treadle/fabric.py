@@ -625,7 +625,14 @@ class Fabric:
             path: the file to write; parent folders are created.
             state: e.g. ``{"model": model, "optimizer": optimizer, "step": step}``.
             filter: per key, a predicate ``(name, value) -> bool`` selecting state-dict entries to keep.
+
+        Raises:
+            TypeError: a value would not load back with ``weights_only=True`` (an ``argparse.Namespace``,
+                a function, a class); the message names its key and how to store it.
+            OSError: the file could not be written (a full disk, no permission); the message names `path`
+                and the previous file at `path` is kept.
         """
+        checkpoint.check_path(path, "Fabric.save(path=...)", file=False)  # a sharded save writes a folder
         self._strategy.save_checkpoint(os.fspath(path), state, filter=filter)
 
     def load(
@@ -637,11 +644,13 @@ class Fabric:
     ) -> dict[str, Any]:
         """Load a checkpoint written by ``save``, restoring the objects in ``state`` in place.
 
-        ``weights_only=None`` (Lightning Fabric's default) means True.
+        ``weights_only=None`` (Lightning Fabric's default) means True. Every record's CRC-32 is checked
+        first, so a file whose bytes changed after saving raises ``CorruptCheckpointError`` naming the key.
 
         Returns:
             The checkpoint entries that ``state`` did not ask for (the whole checkpoint if ``state`` is None).
         """
+        checkpoint.check_path(path, "Fabric.load(path=...)", file=False)
         return self._strategy.load_checkpoint(
             os.fspath(path), state, strict=strict, weights_only=True if weights_only is None else weights_only
         )
@@ -663,6 +672,7 @@ class Fabric:
                 "Fabric.load_raw(weights_only=False): a bare state dict holds only tensors and plain values, "
                 "so it always loads with weights_only=True. Use fabric.load() for checkpoints with other objects."
             )
+        checkpoint.check_path(path, "Fabric.load_raw(path=...)")
         checkpoint.load_raw(os.fspath(path), unwrap(obj), strict=strict)
 
     def __repr__(self) -> str:

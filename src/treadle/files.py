@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -32,7 +33,8 @@ def atomic_open(path: str | os.PathLike[str], mode: Literal["w", "wb"]) -> Abstr
     are created. On leaving the block the data is flushed and fsynced, the file is renamed over ``path``
     (atomic within one filesystem), and the folder is fsynced so the rename itself survives a power loss.
     If the block raises (an interrupt included), the temporary file is removed and ``path`` is untouched.
-    A process killed outright can leave a ``.<name>.<random>.tmp`` file behind, never a partial ``path``.
+    A process killed outright can leave a ``.<name>.<random>.tmp`` file behind, never a partial ``path``;
+    the next successful write of ``path`` removes such leftovers.
     Text mode writes UTF-8 with no newline translation (what the ``csv`` module expects).
 
     Args:
@@ -91,6 +93,7 @@ def _atomic_open(target: str, mode: Literal["w", "wb"]) -> Iterator[IO[Any]]:
         _remove(temporary)
         raise
     _fsync_folder(folder)
+    _remove_stale_temporaries(folder, name)
 
 
 def atomic_link(source: str | os.PathLike[str], path: str | os.PathLike[str]) -> bool:
@@ -125,6 +128,17 @@ def _create_temporary(folder: str, name: str) -> tuple[str, int]:
             return temporary, os.open(temporary, flags, 0o666)
         except FileExistsError:
             continue
+
+
+def _remove_stale_temporaries(folder: str, name: str) -> None:
+    # A save killed outright (SIGKILL, OOM, power loss) leaves its `.<name>.<hex>.tmp` behind; the next
+    # successful write of the same file removes them, so a loop that is killed again and again does not
+    # fill the disk. Only this file's temporaries match, and only after our own rename has landed.
+    pattern = re.compile(rf"\.{re.escape(name)}\.[0-9a-f]{{12}}\.tmp")
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(folder):
+            if pattern.fullmatch(entry):
+                _remove(os.path.join(folder, entry))
 
 
 def _remove(temporary: str) -> None:

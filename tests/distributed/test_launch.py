@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -59,6 +60,18 @@ def test_a_failing_rank_ends_the_job_promptly_with_its_error(
     assert message in finished.stderr, finished.stderr
     assert finished.seconds < PROMPT_SECONDS, f"took {finished.seconds:.1f} s\n{finished.stderr}"
     assert "RESULT" not in finished.stdout
+
+
+@pytest.mark.parametrize(("start_method", "runs"), [("popen", 10), ("spawn", 3), ("fork", 3)])
+def test_a_rank_killed_during_a_collective_is_named_every_time(start_method: str, runs: int) -> None:
+    # Rank 0's own "Connection reset by peer" used to end the job first and hide the kill.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        finished = list(pool.map(lambda _: run_job("job_launch", start_method, "kill1c", timeout=90), range(runs)))
+    for job in finished:
+        assert job.returncode != 0
+        assert re.search(r"rank 1 \(pid \d+\) was killed by SIGKILL", job.stderr), job.stderr
 
 
 def test_ctrl_c_ends_every_rank() -> None:

@@ -38,6 +38,8 @@ T = TypeVar("T")
 # How often the watcher looks at the children, and how long a terminated child gets before SIGKILL.
 _POLL_SECONDS = 0.2
 _TERMINATE_GRACE_SECONDS = 5.0
+# How long a failing job looks for a rank that a signal killed, which is the cause to report.
+_KILL_REPORT_SECONDS = 1.0
 
 
 def find_free_port(host: str = "127.0.0.1") -> int:
@@ -129,7 +131,7 @@ def spawn_ranks(
         torch.multiprocessing.ProcessExitedException: a rank died without raising (killed, or os._exit).
     """
     import torch.multiprocessing as mp
-    from torch.multiprocessing.spawn import start_processes
+    from torch.multiprocessing.spawn import ProcessException, ProcessExitedException, start_processes
 
     if start_method == "fork":
         _check_can_fork()
@@ -153,6 +155,29 @@ def spawn_ranks(
                 received.append(results.get())
             if processes.join(timeout=_POLL_SECONDS):
                 break
+    except ProcessException as error:
+        killed = _killed_rank(processes.processes)
+        for process in processes.processes:
+            if process.is_alive():
+                process.terminate()
+        if killed is None:
+            raise
+        # A rank killed outright (SIGKILL, the OOM killer) makes the others fail in their next collective
+        # ("Connection reset by peer"), and torch reports whichever it saw first. The kill is the cause.
+        rank, pid, number = killed
+        hint = (
+            " SIGKILL usually means the machine ran out of memory (see `dmesg`) or a scheduler ended the job."
+            if number == signal.SIGKILL
+            else ""
+        )
+        raise ProcessExitedException(
+            f"treadle: rank {rank} (pid {pid}) was killed by {_signal_name(number)}; the other ranks were "
+            f"stopped.{hint}",
+            error_index=rank,
+            error_pid=pid,
+            exit_code=-number,
+            signal_name=_signal_name(number),
+        ) from error
     except BaseException:
         # A KeyboardInterrupt or an error here must not leave the ranks running on their own.
         for process in processes.processes:
@@ -166,6 +191,19 @@ def spawn_ranks(
             "Rank 0 finished without returning a result; this is a bug in treadle, please report it."
         )
     return received[0]  # type: ignore[no-any-return]
+
+
+def _killed_rank(processes: Sequence[Any]) -> tuple[int, int, int] | None:
+    """(rank, pid, signal) of the first rank that a signal ended, waiting briefly for the dying to be reaped."""
+    deadline = time.monotonic() + _KILL_REPORT_SECONDS
+    while True:
+        for rank, process in enumerate(processes):
+            # SIGTERM is how torch's join stops the other ranks once one failed: a consequence, not a cause.
+            if process.exitcode is not None and process.exitcode < 0 and -process.exitcode != signal.SIGTERM:
+                return rank, process.pid, -process.exitcode
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.02)
 
 
 def _local_job(world_size: int, main_address: str, main_port: int, *, launcher: str) -> ProcessEnvironment:
@@ -305,6 +343,11 @@ class _LocalRanks:
         """At exit of rank 0: wait for children that finish normally; end them if rank 0 crashed."""
         crashed = getattr(sys, "last_value", None) is not None or getattr(sys, "last_exc", None) is not None
         if crashed:
+            # Rank 0's error may only be the echo of a rank killed outright while rank 0 waited in a
+            # collective ("Connection reset by peer"); then the kill is what to report.
+            killed = self._killed_child()
+            if killed is not None:
+                self._fail(*killed)
             with self._ending:
                 if self._ended:
                     return
@@ -316,6 +359,18 @@ class _LocalRanks:
             if code != 0:
                 self._fail(rank, process, code)
                 return
+
+
+    def _killed_child(self) -> tuple[int, subprocess.Popen[bytes], int] | None:
+        deadline = time.monotonic() + _KILL_REPORT_SECONDS
+        while True:
+            for rank, process in self.children:
+                code = process.poll()
+                if code is not None and code < 0:
+                    return rank, process, code
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.02)
 
 
 def _terminate(processes: list[subprocess.Popen[bytes]]) -> None:

@@ -5,6 +5,7 @@ Usage: python job_launch.py START_METHOD MODE, where MODE is one of
   raise1  rank 1 raises while rank 0 waits in a barrier
   raise0  rank 0 raises while rank 1 waits in a barrier
   kill1   rank 1 dies from SIGKILL while rank 0 is busy outside any collective
+  kill1c  rank 1 dies from SIGKILL while rank 0 waits in a collective (all_reduce)
   wait    prints READY<rank>, then rank 0 waits in a barrier while rank 1 sleeps (for Ctrl-C)
   update  a model and its optimizer are passed to launch; one SGD step on each rank; every rank prints
           "UPDATE <rank> <max |weight - (old - lr * buffer)|> <max |buffer - (0.9 * old buffer + grad)|>"
@@ -38,6 +39,11 @@ def train(fabric: Fabric, mode: str, factor: int) -> dict[str, Any]:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # busy in Python, in no collective: only the watcher can end it
             time.sleep(0.05)
+    if mode == "kill1c":
+        if rank == 1:
+            time.sleep(0.5)  # rank 0 is inside the all_reduce by then
+            os.kill(os.getpid(), signal.SIGKILL)
+        fabric.all_reduce(torch.ones(4))
     if mode == "wait":
         sys.stdout.write(f"READY{rank}\n")
         sys.stdout.flush()

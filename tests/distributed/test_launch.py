@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -72,6 +73,31 @@ def test_a_rank_killed_during_a_collective_is_named_every_time(start_method: str
     for job in finished:
         assert job.returncode != 0
         assert re.search(r"rank 1 \(pid \d+\) was killed by SIGKILL", job.stderr), job.stderr
+
+
+@pytest.mark.parametrize("start_method", ["popen", "spawn"])
+def test_a_rank_stuck_in_python_is_named_with_every_ranks_stack(start_method: str) -> None:
+    finished = run_job("job_launch", start_method, "hang1", timeout=90)
+    err = finished.stderr
+    assert finished.returncode != 0 and "RESULT" not in finished.stdout
+    assert "treadle: the job is hung: rank 0 has waited" in err, err
+    stuck = err.split("Stuck outside any collective", 1)[1].split("Waiting in", 1)[0]
+    assert re.search(r"rank 1 \(pid \d+\) at .*job_launch.py:\d+ in train", stuck), err
+    assert "rank 0 (pid" in err.split("Waiting in torch.distributed or autograd:", 1)[1]
+    # Both stacks are printed, and rank 1's shows the line it is stuck on.
+    rank1 = err.split("treadle: stack of rank 1", 1)[1]
+    assert "treadle: stack of rank 0" in err and "time.sleep(0.01)" in rank1.split("treadle: stack of", 1)[0]
+    # hang_timeout is 3 s; the job (start-up included) ends well before the 30 s process-group timeout.
+    assert finished.seconds < 25, f"took {finished.seconds:.1f} s"
+
+
+@pytest.mark.parametrize("start_method", ["popen", "spawn"])
+def test_slow_but_moving_work_and_a_slow_checkpoint_are_not_a_hang(start_method: str, tmp_path: Path) -> None:
+    finished = run_job(
+        "job_launch", start_method, "hangslow", timeout=90, env={**os.environ, "JOB_DIR": str(tmp_path)}
+    ).check()
+    assert "hung" not in finished.stderr
+    assert results(finished.stdout)[0]["total"] == 1.0 and (tmp_path / "slow.ckpt").exists()
 
 
 def test_ctrl_c_ends_every_rank() -> None:

@@ -90,11 +90,19 @@ def test_options_and_repr() -> None:
         ({"process_group_backend": ""}, ValueError, r"process_group_backend=''"),
         ({"bucket_size": 3}, TypeError, r"bucket_size.*DistributedDataParallel does not take.*bucket_cap_mb"),
         ({"device_ids": [0]}, TypeError, r"device_ids"),
+        ({"hang_timeout": 0}, ValueError, r"hang_timeout=0\) must be a positive timedelta.*'auto'.*None"),
+        ({"hang_timeout": "soon"}, ValueError, r"hang_timeout='soon'"),
     ],
 )
 def test_invalid_options_are_named(kwargs: dict[str, object], error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
         DDPStrategy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_hang_timeout_defaults_to_most_of_the_process_group_timeout() -> None:
+    assert DDPStrategy(timeout=timedelta(minutes=10)).hang_timeout == 540.0
+    assert DDPStrategy(hang_timeout=timedelta(seconds=90)).hang_timeout == 90.0
+    assert DDPStrategy(hang_timeout=5).hang_timeout == 5.0 and DDPStrategy(hang_timeout=None).hang_timeout is None
 
 
 def test_before_launch_the_job_size_is_planned_and_setup_asks_for_launch() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from datetime import timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -29,8 +29,10 @@ class DDPStrategy(ParallelStrategy):
         gradient_as_bucket_view: let gradients alias DDP's communication buckets to save memory.
         timeout: how long a collective waits for the other ranks before it fails.
         process_group_backend: ``"gloo"``, ``"nccl"``, ...; None picks nccl on CUDA and gloo elsewhere.
-        start_method: ``"popen"`` (``fabric.launch()`` re-runs the script for the other ranks) or ``"spawn"``
-            (``fabric.launch(function)`` runs the function in new processes; for notebooks).
+        start_method: ``"popen"`` (``fabric.launch()`` re-runs the script for the other ranks), ``"spawn"``
+            (``fabric.launch(function)`` runs the function in new processes) or ``"fork"`` (for notebooks).
+        hang_timeout: end a hung job with the stuck rank named and every rank's stack printed, after a rank
+            has waited this long while no rank makes progress (``"auto"``: 90% of `timeout`; None: off).
         **ddp_kwargs: further arguments of ``DistributedDataParallel``, e.g. ``bucket_cap_mb=50``.
 
     Raises:
@@ -52,10 +54,14 @@ class DDPStrategy(ParallelStrategy):
         timeout: timedelta = DEFAULT_TIMEOUT,
         process_group_backend: str | None = None,
         start_method: StartMethod = "popen",
+        hang_timeout: timedelta | float | Literal["auto"] | None = "auto",
         **ddp_kwargs: Any,
     ) -> None:
         super().__init__(
-            timeout=timeout, process_group_backend=process_group_backend, start_method=start_method
+            timeout=timeout,
+            process_group_backend=process_group_backend,
+            start_method=start_method,
+            hang_timeout=hang_timeout,
         )
         flags = {
             "find_unused_parameters": find_unused_parameters,

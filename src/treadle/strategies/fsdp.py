@@ -43,7 +43,7 @@ class FSDPStrategy(ParallelStrategy):
         state_dict_type: what ``fabric.save`` writes: ``"sharded"`` (a folder written by every rank with
             ``torch.distributed.checkpoint``; fast, needs the same storage on every machine) or ``"full"``
             (one ordinary file written by rank 0). ``fabric.load`` reads both.
-        timeout, process_group_backend, start_method: as for ``DDPStrategy``.
+        timeout, process_group_backend, start_method, hang_timeout: as for ``DDPStrategy``.
 
     Raises:
         TypeError, ValueError: an option has the wrong type or value; the message names it.
@@ -66,9 +66,13 @@ class FSDPStrategy(ParallelStrategy):
         timeout: timedelta = DEFAULT_TIMEOUT,
         process_group_backend: str | None = None,
         start_method: StartMethod = "popen",
+        hang_timeout: timedelta | float | Literal["auto"] | None = "auto",
     ) -> None:
         super().__init__(
-            timeout=timeout, process_group_backend=process_group_backend, start_method=start_method
+            timeout=timeout,
+            process_group_backend=process_group_backend,
+            start_method=start_method,
+            hang_timeout=hang_timeout,
         )
         self.shard_modules = _check_shard_modules(shard_modules)
         if isinstance(reshard_after_forward, bool):

@@ -35,6 +35,10 @@ class ParallelStrategy(Strategy):
 
     Args:
         timeout: how long a collective waits for the other ranks before it fails.
+        hang_timeout: when a rank has waited this long for the others and no rank is making progress, the
+            job is ended with the stuck rank named and every rank's Python stack printed (see
+            ``treadle.strategies.watchdog``). A ``timedelta`` or seconds; ``"auto"`` (the default) is 90% of
+            `timeout`, so the job ends with a diagnosis instead of the bare timeout; None turns it off.
         process_group_backend: ``"gloo"``, ``"nccl"``, ...; None picks nccl on CUDA and gloo elsewhere.
         start_method: how ``fabric.launch()`` starts the ranks when no launcher did: ``"popen"`` re-runs the
             script, ``"spawn"`` starts fresh interpreters that run ``fabric.launch(function)``'s function,
@@ -52,6 +56,7 @@ class ParallelStrategy(Strategy):
         timeout: timedelta = DEFAULT_TIMEOUT,
         process_group_backend: str | None = None,
         start_method: StartMethod = "popen",
+        hang_timeout: timedelta | float | Literal["auto"] | None = "auto",
     ) -> None:
         super().__init__()
         cls = type(self).__name__
@@ -59,6 +64,7 @@ class ParallelStrategy(Strategy):
             raise ValueError(
                 f"{cls}(timeout={timeout!r}) must be a positive datetime.timedelta, e.g. timedelta(minutes=5)."
             )
+        self.hang_timeout = _hang_seconds(cls, hang_timeout, timeout)
         if process_group_backend is not None and (
             not isinstance(process_group_backend, str) or not process_group_backend
         ):
@@ -76,6 +82,7 @@ class ParallelStrategy(Strategy):
         self.process_group_backend = process_group_backend
         self.start_method: StartMethod = start_method
         self._owns_process_group = False
+        self._watchdog: Any = None
 
     # --- where this process is ---------------------------------------------------------------------------
     @property
@@ -197,10 +204,27 @@ class ParallelStrategy(Strategy):
             timeout=self.timeout,
         )
         self._owns_process_group = True
+        self._start_watchdog()
         atexit.unregister(_let_collectives_settle)  # once per process, however many groups it joins
         atexit.register(_let_collectives_settle)
 
+    def _start_watchdog(self) -> None:
+        if self.hang_timeout is None or self.world_size < 2:
+            return
+        from torch.distributed import distributed_c10d
+
+        from treadle.strategies.watchdog import HangWatchdog
+
+        get_store = getattr(distributed_c10d, "_get_default_store", None)  # private, but stable since 1.x
+        if get_store is None:
+            return  # a torch without it: the process-group timeout still ends a hung job, unnamed
+        self._watchdog = HangWatchdog(get_store(), self.global_rank, self.world_size, self.hang_timeout)
+        self._watchdog.start()
+
     def teardown(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
         if self._owns_process_group and dist.is_initialized():
             dist.destroy_process_group()
         self._owns_process_group = False
@@ -355,6 +379,20 @@ def _let_collectives_settle() -> None:
     # destructor and the whole process aborts (SIGABRT) although the script succeeded, about one exit in
     # ten with DDP on torch 2.13. Sleeping releases the GIL so they can finish.
     time.sleep(0.05)
+
+
+def _hang_seconds(cls: str, value: Any, timeout: timedelta) -> float | None:
+    if value is None:
+        return None
+    if value == "auto":
+        return 0.9 * timeout.total_seconds()
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+        raise ValueError(
+            f"{cls}(hang_timeout={value!r}) must be a positive timedelta or number of seconds, 'auto' (90% of "
+            "timeout) or None (no watchdog). Example: hang_timeout=timedelta(minutes=5)."
+        )
+    return float(seconds)
 
 
 def _url_host(address: str) -> str:

@@ -6,6 +6,9 @@ Usage: python job_launch.py START_METHOD MODE, where MODE is one of
   raise0  rank 0 raises while rank 1 waits in a barrier
   kill1   rank 1 dies from SIGKILL while rank 0 is busy outside any collective
   kill1c  rank 1 dies from SIGKILL while rank 0 waits in a collective (all_reduce)
+  hang1   rank 1 spins in Python forever while rank 0 waits in all_reduce (hang_timeout=3 s)
+  hangslow  no hang: rank 0 works 6 s in small steps, then writes a checkpoint that takes 6 s (a slow
+          disk), while rank 1 waits (hang_timeout=3 s); the job ends normally
   wait    prints READY<rank>, then rank 0 waits in a barrier while rank 1 sleeps (for Ctrl-C)
   update  a model and its optimizer are passed to launch; one SGD step on each rank; every rank prints
           "UPDATE <rank> <max |weight - (old - lr * buffer)|> <max |buffer - (0.9 * old buffer + grad)|>"
@@ -44,6 +47,28 @@ def train(fabric: Fabric, mode: str, factor: int) -> dict[str, Any]:
             time.sleep(0.5)  # rank 0 is inside the all_reduce by then
             os.kill(os.getpid(), signal.SIGKILL)
         fabric.all_reduce(torch.ones(4))
+    if mode == "hang1":
+        if rank == 1:
+            ready = False
+            while not ready:  # a wait that never ends, in the user's own code
+                time.sleep(0.01)
+        fabric.all_reduce(torch.ones(4))
+    if mode == "hangslow":
+        if rank == 0:
+            deadline = time.monotonic() + 6
+            while time.monotonic() < deadline:  # busy, but moving: in and out of calls
+                torch.randn(64, 64).matmul(torch.randn(64, 64)).sum().item()
+        from treadle import checkpoint
+
+        write = checkpoint.atomic_save
+
+        def slow_write(obj: Any, path: Any) -> None:
+            time.sleep(6)
+            write(obj, path)
+
+        checkpoint.atomic_save = slow_write  # type: ignore[assignment]
+        fabric.save(os.path.join(os.environ["JOB_DIR"], "slow.ckpt"), {"step": 1})
+        fabric.all_reduce(torch.ones(4))
     if mode == "wait":
         sys.stdout.write(f"READY{rank}\n")
         sys.stdout.flush()
@@ -81,7 +106,11 @@ if __name__ == "__main__":
     fabric = Fabric(
         accelerator="cpu",
         devices=2,
-        strategy=DDPStrategy(start_method=start_method, timeout=timedelta(seconds=30)),  # type: ignore[arg-type]
+        strategy=DDPStrategy(
+            start_method=start_method,  # type: ignore[arg-type]
+            timeout=timedelta(seconds=30),
+            hang_timeout=3.0 if mode.startswith("hang") else "auto",
+        ),
     )
     if mode == "update":
         torch.manual_seed(0)

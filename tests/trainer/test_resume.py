@@ -198,3 +198,57 @@ def test_a_step_checkpoint_resumes_with_that_steps_validation(tmp_path: Path) ->
     assert resumed_run.optimizers[0].param_groups[0]["lr"] == whole_run.optimizers[0].param_groups[0]["lr"]
     for name, value in whole.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[name]), name
+
+
+def _checkpoint_after_one_epoch(tmp_path: Path, model: nn.Module | None = None) -> Path:
+    fitted = trainer(max_epochs=1)
+    fitted.fit(model or Classifier(configure=lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)),
+               loader())  # fmt: skip
+    path = tmp_path / "one.ckpt"
+    fitted.save_checkpoint(path)
+    return path
+
+
+def test_resume_with_another_optimizer_names_the_file_and_what_differs(tmp_path: Path) -> None:
+    path = _checkpoint_after_one_epoch(tmp_path)
+    adam = Classifier(configure=lambda m: torch.optim.Adam(m.parameters()))
+    with pytest.raises(
+        ValueError, match=r"one.ckpt' was written by a different optimizer than this Adam.*momentum"
+    ):
+        trainer(max_epochs=2).fit(adam, loader(), ckpt_path=path)
+    two_groups = Classifier(
+        configure=lambda m: torch.optim.SGD(
+            [{"params": m.net[0].parameters()}, {"params": m.net[3].parameters()}], lr=0.1, momentum=0.9
+        )
+    )
+    with pytest.raises(
+        ValueError, match=r"one.ckpt' has an optimizer with 1 parameter group\(s\); this SGD has 2"
+    ):
+        trainer(max_epochs=2).fit(two_groups, loader(), ckpt_path=path)
+
+
+def test_resume_with_another_model_shape_names_the_file(tmp_path: Path) -> None:
+    path = _checkpoint_after_one_epoch(tmp_path)
+    wider = Classifier(configure=lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9))
+    wider.net[0] = nn.Linear(4, 32)
+    wider.net[3] = nn.Linear(32, 2)
+    with pytest.raises(RuntimeError, match="size mismatch") as info:
+        trainer(max_epochs=2).fit(wider, loader(), ckpt_path=path)
+    assert any("one.ckpt" in note for note in info.value.__notes__)
+
+
+def test_resume_with_a_shorter_loader_or_no_rng_state_warns(tmp_path: Path) -> None:
+    mid = tmp_path / "mid.ckpt"
+    run(
+        seed=0, callbacks=[SaveAndStop(mid, lambda t: t.global_step == 7, "on_train_batch_end")]
+    )  # batch 4 of 8
+    model = Classifier(configure=configure)
+    with pytest.warns(UserWarning, match=r"Resuming epoch 1 after batch 4, but the training loader has 2"):
+        trainer(max_epochs=2).fit(model, loader(n=16), ckpt_path=mid)
+    checkpoint = torch.load(mid, weights_only=True)
+    checkpoint["rng"] = {}
+    torch.save(checkpoint, tmp_path / "no_rng.ckpt")
+    with pytest.warns(UserWarning, match="holds no random-number-generator state"):
+        trainer(max_epochs=2).fit(
+            Classifier(configure=configure), loader(), ckpt_path=tmp_path / "no_rng.ckpt"
+        )

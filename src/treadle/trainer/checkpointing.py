@@ -13,6 +13,8 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from treadle.checkpoint import restoring
+
 if TYPE_CHECKING:
     import torch
 
@@ -170,11 +172,57 @@ def restore_objects(
     schedulers: Sequence[SchedulerConfig],
     precision: Precision,
 ) -> None:
-    """Load model, optimizer, schedulers and grad scaler from a Trainer checkpoint, in place."""
-    model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
+    """Load model, optimizer, schedulers and grad scaler from a Trainer checkpoint, in place.
+
+    Raises:
+        ValueError: the optimizer differs from the one that wrote the checkpoint (its kind or settings, its
+            parameter groups); the message names the file and what differs.
+        RuntimeError: the model's shapes or names differ; torch's message gets a note naming the file.
+    """
+    with restoring("model", path):
+        model.load_state_dict(checkpoint["model"])
+    check_optimizer_state(checkpoint["optimizer"], optimizer, path)
+    with restoring("optimizer", path):
+        optimizer.load_state_dict(checkpoint["optimizer"])
     load_scheduler_states(schedulers, checkpoint["lr_schedulers"], path)
     precision.load_state_dict(checkpoint.get("precision", {}))
+
+
+def check_optimizer_state(saved: Any, optimizer: torch.optim.Optimizer, path: str) -> None:
+    """Raise before loading when `saved` cannot be the state of an optimizer like `optimizer`.
+
+    torch would load an Adam state into an SGD optimizer and fail at the next step with a bare
+    ``KeyError: 'momentum'``; comparing the settings of the parameter groups catches it at resume.
+
+    Raises:
+        ValueError: names the file, the optimizer class and the settings or group sizes that differ.
+    """
+    kind = type(getattr(optimizer, "optimizer", optimizer)).__name__
+    groups = saved.get("param_groups") if isinstance(saved, Mapping) else None
+    if not isinstance(groups, list):
+        raise ValueError(f"Checkpoint {path!r}: state['optimizer'] is not an optimizer state dict.")
+    current = optimizer.param_groups
+    if len(groups) != len(current):
+        raise ValueError(
+            f"Checkpoint {path!r} has an optimizer with {len(groups)} parameter group(s); this {kind} has "
+            f"{len(current)}. Resume with the configure_optimizers() that wrote the checkpoint."
+        )
+    for index, (old, new) in enumerate(zip(groups, current, strict=True)):
+        old_keys, new_keys = set(old) - {"params"}, set(new) - {"params"}
+        if old_keys != new_keys:
+            only_saved, only_new = sorted(old_keys - new_keys), sorted(new_keys - old_keys)
+            raise ValueError(
+                f"Checkpoint {path!r} was written by a different optimizer than this {kind}: its parameter "
+                f"group {index} has settings {only_saved} that {kind} lacks, and lacks {only_new}. Resume with "
+                "the optimizer that wrote it (same class), or load only the model: "
+                "fabric.load(path, {'model': model}, strict=False)."
+            )
+        if len(old["params"]) != len(new["params"]):
+            raise ValueError(
+                f"Checkpoint {path!r}: optimizer parameter group {index} holds {len(old['params'])} "
+                f"parameters, this {kind}'s holds {len(new['params'])}. The model or the grouping in "
+                "configure_optimizers() changed since the checkpoint was written."
+            )
 
 
 def load_scheduler_states(configs: Sequence[SchedulerConfig], saved: Sequence[Any], path: str) -> None:

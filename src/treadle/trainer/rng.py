@@ -8,10 +8,12 @@ so that how often validation runs never changes the trained weights.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from treadle.errors import caller_stacklevel
 from treadle.seed import capture_rng_state, restore_rng_state
 
 __all__ = ["TrainingRng"]
@@ -68,6 +70,15 @@ class TrainingRng:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Remember a checkpoint's states; ``apply_saved`` puts the saving moment's state back."""
         self._pending, self._epoch_start = state["rng"], state.get("rng_epoch_start")
+        if not self._pending:
+            warnings.warn(
+                "The checkpoint holds no random-number-generator state, so the resumed run draws different "
+                "random numbers (dropout, shuffling) than the uninterrupted run would have. Checkpoints the "
+                "Trainer writes always hold it; was this one edited?",
+                UserWarning,
+                stacklevel=caller_stacklevel(),
+            )
+            self._pending = None
 
     def apply_saved(self) -> None:
         """Put back the state of the moment the loaded checkpoint was saved (once)."""

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from treadle.errors import add_note
+from treadle.errors import add_note, caller_stacklevel
 from treadle.fabric import Fabric
 from treadle.loggers.base import metric_value
 from treadle.trainer import checkpointing
@@ -396,6 +396,8 @@ class Trainer:
         """Run the epoch's remaining batches; True if they all ran (False if training stopped early)."""
         assert self._train_loader is not None
         start, limit = self.progress.batches_done, self.num_training_batches
+        if start > limit:
+            _warn_short_loader(start, limit, self.progress.epoch)
         if start >= limit:
             self._resume_step_boundary(is_last=True)
             return True
@@ -405,6 +407,7 @@ class Trainer:
         self._rng.begin_epoch(resuming_mid_epoch=start > 0)
         batches = iter(self._train_loader)
         if not skip(batches, start):
+            _warn_short_loader(start, None, self.progress.epoch)
             return True
         self._rng.apply_saved()
         if self._resume_step_boundary(is_last=False) and self.should_stop:
@@ -572,6 +575,17 @@ class Trainer:
 
     def _model_run(self, model: nn.Module) -> contextlib.AbstractContextManager[None]:
         return model_as_last_callback(self.fabric, model, self._call, interrupted=lambda: self.preempted)
+
+
+def _warn_short_loader(position: int, length: int | None, epoch: int) -> None:
+    has = "ran out sooner" if length is None else f"has {length}"
+    warnings.warn(
+        f"Resuming epoch {epoch} after batch {position}, but the training loader {has}: it is not the loader "
+        "the checkpoint was written with (smaller dataset, larger batch size or limit_train_batches?). The "
+        "rest of that epoch is skipped and training goes on with the next one.",
+        UserWarning,
+        stacklevel=caller_stacklevel(),
+    )
 
 
 def _as_list(callbacks: Any) -> list[Any]:

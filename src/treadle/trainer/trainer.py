@@ -577,8 +577,8 @@ class Trainer:
         return model_as_last_callback(self.fabric, model, self._call, interrupted=lambda: self.preempted)
 
 
-def _warn_short_loader(position: int, length: int | None, epoch: int) -> None:
-    has = "ran out sooner" if length is None else f"has {length}"
+def _warn_short_loader(position: int, length: float | None, epoch: int) -> None:
+    has = "ran out sooner" if length is None else f"has {length:g}"
     warnings.warn(
         f"Resuming epoch {epoch} after batch {position}, but the training loader {has}: it is not the loader "
         "the checkpoint was written with (smaller dataset, larger batch size or limit_train_batches?). The "

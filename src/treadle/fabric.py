@@ -587,13 +587,18 @@ class Fabric:
             self.barrier("rank_zero_first")
 
     @staticmethod
-    def seed_everything(seed: int | None = None, workers: bool | None = None, verbose: bool = True) -> int:
-        """Seed python, numpy (if installed) and torch, and dataloader workers unless ``workers=False``.
+    def seed_everything(
+        seed: int | None = None, workers: bool | None = None, verbose: bool = True, deterministic: bool = False
+    ) -> int:
+        """Seed python, numpy (if installed) and torch, and dataloader workers unless ``workers=False``;
+        ``deterministic=True`` also makes the kernels repeatable (see ``treadle.seed.seed_everything``).
 
         Returns:
             The seed used (a random one when ``seed`` is None, printed if ``verbose``).
         """
-        chosen = seeding.seed_everything(seed, workers=True if workers is None else workers)
+        chosen = seeding.seed_everything(
+            seed, workers=True if workers is None else workers, deterministic=deterministic
+        )
         if seed is None and verbose:
             print(f"seed_everything: using seed {chosen}")
         return chosen

@@ -11,17 +11,22 @@ from __future__ import annotations
 import hashlib
 import logging
 import operator
+import os
 import random
 import secrets
+import warnings
 from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
 import torch
 
+from treadle.errors import caller_stacklevel
+
 __all__ = [
     "WorkerSeeder",
     "capture_rng_state",
+    "make_deterministic",
     "make_worker_init_fn",
     "requested_seed",
     "requested_worker_seed",
@@ -42,7 +47,7 @@ _worker_seed: int | None = None
 _seed: int | None = None
 
 
-def seed_everything(seed: int | None = None, workers: bool = False) -> int:
+def seed_everything(seed: int | None = None, workers: bool = False, deterministic: bool = False) -> int:
     """Seed ``random``, numpy (if installed) and torch (CPU and all CUDA devices) with one seed.
 
     Environment variables are left alone.
@@ -53,6 +58,13 @@ def seed_everything(seed: int | None = None, workers: bool = False) -> int:
         workers: Also give every DataLoader worker its own seed, derived from this seed, the process's
             global rank and the worker id. ``Fabric.setup_dataloaders`` attaches a seeding function for
             this; for your own DataLoaders pass ``worker_init_fn=make_worker_init_fn(seed, rank)``.
+        deterministic: Also make the kernels repeatable, which bitwise-exact resume (and comparing runs)
+            needs: ``torch.use_deterministic_algorithms(True)`` (an op with no deterministic kernel then
+            raises, naming itself) and cuDNN's deterministic mode without autotuning. Warns when CUDA is
+            present but ``CUBLAS_WORKSPACE_CONFIG`` is unset, which cuBLAS needs to be repeatable. CPU sums
+            also depend on how many threads share them: a resumed run must use the same
+            ``torch.get_num_threads()`` (set ``OMP_NUM_THREADS`` or call ``torch.set_num_threads``); the
+            Trainer records it in its checkpoints and warns on resume when it differs.
 
     Returns:
         The seed used.
@@ -68,6 +80,8 @@ def seed_everything(seed: int | None = None, workers: bool = False) -> int:
     global _seed, _worker_seed
     if not isinstance(workers, bool):
         raise TypeError(f"seed_everything(workers={workers!r}) must be True or False.")
+    if not isinstance(deterministic, bool):
+        raise TypeError(f"seed_everything(deterministic={deterministic!r}) must be True or False.")
     if seed is None:
         _seed = None
         seed = secrets.randbelow(_MAX_SEED + 1)
@@ -81,7 +95,28 @@ def seed_everything(seed: int | None = None, workers: bool = False) -> int:
     # Also seeds every CUDA device; if CUDA is not initialised yet the seeding is queued, not forced.
     torch.manual_seed(seed)
     _worker_seed = seed if workers else None
+    if deterministic:
+        make_deterministic()
     return seed
+
+
+def make_deterministic() -> None:
+    """Make torch's kernels repeatable: see ``seed_everything(deterministic=True)``.
+
+    Example:
+        >>> make_deterministic()  # doctest: +SKIP
+    """
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    if torch.cuda.is_available() and not os.environ.get("CUBLAS_WORKSPACE_CONFIG"):
+        warnings.warn(
+            "seed_everything(deterministic=True): cuBLAS is repeatable only with CUBLAS_WORKSPACE_CONFIG=:4096:8 "
+            "(or :16:8) set before the process starts; treadle does not set environment variables for you. "
+            "Start the job as `CUBLAS_WORKSPACE_CONFIG=:4096:8 python train.py`.",
+            UserWarning,
+            stacklevel=caller_stacklevel(),
+        )
 
 
 def requested_seed() -> int | None:

@@ -336,6 +336,7 @@ class Trainer:
             **self._rng.state_dict(),
             "callbacks": checkpointing.collect_callback_states(self._stateful),
             "callback_metrics": dict(self.callback_metrics),
+            "cpu_threads": torch.get_num_threads(),  # CPU sums depend on it: a bitwise resume needs the same
         }
         self._call("on_save_checkpoint", checkpoint=checkpoint)
         self.fabric.save(path, checkpoint)
@@ -561,6 +562,16 @@ class Trainer:
             self.progress.start_next_epoch()
         self.callback_metrics = {str(k): float(v) for k, v in checkpoint.get("callback_metrics", {}).items()}
         self._rng.load_state_dict(checkpoint)
+        threads = checkpoint.get("cpu_threads")
+        if isinstance(threads, int) and threads != torch.get_num_threads():
+            warnings.warn(
+                f"Checkpoint {path!r} was written with {threads} CPU threads, this run has "
+                f"{torch.get_num_threads()}: CPU results then differ in the last bits, so the resumed run will "
+                f"not match the uninterrupted one exactly. Call torch.set_num_threads({threads}) (or set "
+                f"OMP_NUM_THREADS={threads}) before fit for a bitwise-exact resume.",
+                UserWarning,
+                stacklevel=caller_stacklevel(),
+            )
 
     def _step_schedulers(self, interval: Interval, count: int) -> None:
         # Resumed before this fit's first optimizer step, torch would wrongly warn that the scheduler steps

@@ -68,7 +68,7 @@ def main(out: str) -> None:
     seen["weights_identical"] = bool(torch.equal(gathered[0], gathered[1]))
     seen["kept"] = checkpoint.best_k_models
     fabric.barrier("files written")
-    seen["files"] = sorted(os.listdir(os.path.join(out, "checkpoints")))
+    seen["files"] = sorted(name for name in os.listdir(os.path.join(out, "checkpoints")) if not name.startswith("."))
     torch.save(seen, os.path.join(out, f"rank{rank}.pt"))
     fabric.barrier("end")
 

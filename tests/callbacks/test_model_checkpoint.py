@@ -36,7 +36,7 @@ def fabric_epochs(checkpoint: ModelCheckpoint, val_losses: list[float]) -> tuple
 
 
 def names(folder: Path) -> set[str]:
-    return {path.name for path in folder.iterdir()}
+    return {path.name for path in folder.iterdir() if not path.name.startswith(".")}  # ranked list: hidden
 
 
 def test_top_k_by_monitor_deletes_displaced_files(tmp_path: Path) -> None:
@@ -314,3 +314,54 @@ def test_fabric_loop_step_count_survives_resume(tmp_path: Path) -> None:
     fresh = ModelCheckpoint(tmp_path, every_n_steps=5)
     fresh.load_state_dict(older)
     assert fresh.state_dict()["own_step"] == 20
+
+
+_KILLED_RUN = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+from tests.trainer.models import Classifier, loader, trainer
+from treadle.callbacks import model_checkpoint
+from treadle.callbacks.model_checkpoint import ModelCheckpoint
+
+folder, where, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+calls = []
+if where != "none":
+    original = getattr(model_checkpoint, where) if where == "atomic_link" else os.remove
+
+    def die(*args):
+        calls.append(args)
+        if len(calls) == (3 if where == "atomic_link" else 1):
+            os.kill(os.getpid(), signal.SIGKILL)  # the kill lands between two steps of one save
+        return original(*args)
+
+    if where == "atomic_link":
+        model_checkpoint.atomic_link = die
+    else:
+        os.remove = die
+callback = ModelCheckpoint(dirpath=folder, monitor="val_loss", save_top_k=2, filename="{{epoch}}")
+resume = os.path.join(folder, "last.ckpt")
+trainer(max_epochs=epochs, callbacks=[callback]).fit(
+    Classifier(lr=0.05), loader(), loader(seed=1), ckpt_path=resume if os.path.exists(resume) else None
+)
+"""
+
+
+@pytest.mark.parametrize("where", ["remove", "atomic_link"])
+def test_top_k_holds_after_a_kill_between_writing_and_deleting(tmp_path: Path, where: str) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    root = str(Path(__file__).resolve().parents[2])
+    code = _KILLED_RUN.format(root=root)
+    killed = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path), where, "6"], capture_output=True, text=True
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    ranked_before = names(tmp_path) - {"last.ckpt"}
+    assert len(ranked_before) == 3  # the kill left one file too many
+    resumed = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path), "none", "6"], capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(names(tmp_path) - {"last.ckpt"}) == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import warnings
@@ -12,7 +13,7 @@ from typing import Any, Literal
 from treadle.callbacks.arguments import check_bool
 from treadle.callbacks.hooks import Callback
 from treadle.callbacks.progress import write_line
-from treadle.files import atomic_link
+from treadle.files import atomic_link, atomic_open
 from treadle.loggers.base import metric_value
 
 __all__ = ["ModelCheckpoint"]
@@ -141,6 +142,7 @@ class ModelCheckpoint(Callback):
         self._fabric: Any = None
         self._own_step = 0  # batches seen in a Fabric-only loop that passes no step=
         self._stopped_mid_epoch = False  # the Trainer ended an epoch early, so on_train_end writes last.ckpt
+        self._adopted = False  # whether this run has ranked the files a killed earlier run left unrecorded
 
     @property
     def state_key(self) -> str:
@@ -232,6 +234,7 @@ class ModelCheckpoint(Callback):
 
     def _save(self, target: _Target) -> None:
         self._forget_other_folder(target.dirpath)
+        self._adopt_unrecorded(target)
         score = self._score(target)
         path = self._free_path(target.dirpath, self._format_name(target))
         keep, displaced = self._rank(path, score)
@@ -241,9 +244,13 @@ class ModelCheckpoint(Callback):
             path, score, keep, displaced = target.broadcast((path, score, keep, displaced))
         # The bookkeeping is updated before writing, so that the checkpoint holds the state that
         # includes itself.
+        owned = [*self._kept, (path, score)] if keep else []
         if keep:
             self._kept = [(p, s) for p, s in self._kept if p != path and p not in displaced] + [(path, score)]
             self._kept.sort(key=lambda item: item[1], reverse=self.mode == "max")
+            if target.is_global_zero:
+                # Before the new file exists: a kill from here on leaves files the list still names.
+                self._write_ranked_list(owned)
         last_path = os.path.join(target.dirpath, LAST_NAME)
         if self.save_last:
             self.last_model_path = last_path
@@ -265,10 +272,64 @@ class ModelCheckpoint(Callback):
                     continue
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(old)
+            if displaced:
+                self._write_ranked_list(self._kept)
         if self.verbose and target.is_global_zero:
             what = os.path.basename(path) if keep else LAST_NAME
             score_text = f" ({self.monitor}={score:.6g})" if self.monitor is not None else ""
             write_line(f"ModelCheckpoint: saved {what}{score_text}")
+
+    def _ranked_list_path(self) -> str:
+        assert self._saved_dirpath is not None
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.state_key)
+        return os.path.join(self._saved_dirpath, f".{safe}.ranked.json")
+
+    def _write_ranked_list(self, files: list[tuple[str, float]]) -> None:
+        # The ranked files this callback wrote into its folder, kept beside them: a run killed between
+        # writing a new file and deleting the one it displaced (or before last.ckpt recorded it) resumes from
+        # a state that does not know that file; the list lets the resumed run rank it instead of leaking it.
+        record = {"monitor": self.monitor, "mode": self.mode, "files": [[p, sc] for p, sc in files]}
+        with contextlib.suppress(OSError), atomic_open(self._ranked_list_path(), "w") as file:
+            json.dump(record, file)
+
+    def _adopt_unrecorded(self, target: _Target) -> None:
+        """Once per run: rank again the files a killed earlier run wrote but its checkpoint did not record,
+        deleting those beyond ``save_top_k``."""
+        if self._adopted:
+            return
+        self._adopted = True
+        found: list[tuple[str, float]] = []
+        if target.is_global_zero:
+            found = self._unrecorded_files()
+        if target.world_size > 1:
+            found = target.broadcast(found)
+        if not found:
+            return
+        ranked = sorted(self._kept + found, key=lambda item: item[1], reverse=self.mode == "max")
+        limit = len(ranked) if self.save_top_k == -1 else self.save_top_k
+        self._kept, extra = ranked[:limit], ranked[limit:]
+        if target.is_global_zero:
+            for path, _ in extra:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+            self._write_ranked_list(self._kept)
+
+    def _unrecorded_files(self) -> list[tuple[str, float]]:
+        try:
+            with open(self._ranked_list_path(), encoding="utf-8") as file:
+                record = json.load(file)
+        except (OSError, ValueError):
+            return []
+        if not isinstance(record, dict) or (record.get("monitor"), record.get("mode")) != (self.monitor, self.mode):
+            return []
+        known = {os.path.abspath(path) for path, _ in self._kept}
+        found = []
+        for entry in record.get("files", []):
+            path, score = str(entry[0]), float(entry[1])
+            inside = os.path.dirname(os.path.abspath(path)) == self._saved_dirpath
+            if inside and os.path.abspath(path) not in known and os.path.isfile(path):
+                found.append((path, score))
+        return found
 
     def _forget_other_folder(self, dirpath: str) -> None:
         self._saved_dirpath = os.path.abspath(dirpath)

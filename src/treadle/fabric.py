@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Generator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast, overload
 
 import torch
 from torch import nn
@@ -37,6 +37,12 @@ from treadle.wrappers import (
 )
 
 T = TypeVar("T")
+# The set-up module and optimizers are typed as what the user passed: the module wrapper forwards attribute
+# access to the module, and a set-up optimizer is an instance of the user's optimizer class. So mypy checks
+# `model.my_method()` and `optimizer.param_groups` in user code against the user's own classes.
+_M = TypeVar("_M", bound=nn.Module)
+_O = TypeVar("_O", bound=torch.optim.Optimizer)
+_O2 = TypeVar("_O2", bound=torch.optim.Optimizer)
 # `launch()` without a function (every process runs on through the script) is told apart from an explicit
 # `launch(None)`, which is almost always `launch(train(fabric))` with a train that returned nothing.
 _NO_FUNCTION: Any = object()
@@ -313,6 +319,26 @@ class Fabric:
         self._prepare_environment()
 
     # --- setup --------------------------------------------------------------------------------------------
+    @overload
+    def setup(self, module: _M, /, *, move_to_device: bool = True) -> _M: ...
+
+    @overload
+    def setup(self, module: _M, optimizer: _O, /, *, move_to_device: bool = True) -> tuple[_M, _O]: ...
+
+    @overload
+    def setup(
+        self, module: _M, optimizer: _O, optimizer2: _O2, /, *, move_to_device: bool = True
+    ) -> tuple[_M, _O, _O2]: ...
+
+    @overload
+    def setup(
+        self,
+        module: nn.Module,
+        *optimizers: torch.optim.Optimizer,
+        scheduler: Any = None,
+        move_to_device: bool = True,
+    ) -> Any: ...
+
     def setup(
         self,
         module: nn.Module,
@@ -341,7 +367,7 @@ class Fabric:
             model, optimizer = fabric.setup(model, optimizer)
         """
         check_module(module, "setup")
-        wrapped = self.setup_module(module, move_to_device=move_to_device)
+        wrapped = self._setup_module(module, move_to_device=move_to_device)
         wrapped_optimizers = [self._setup_optimizer(opt, i + 1, "setup") for i, opt in enumerate(optimizers)]
         if hasattr(wrapped.module, "_fabric"):
             setattr(wrapped.module, "_fabric_optimizers", wrapped_optimizers)  # noqa: B010  # nn.Module's setattr types
@@ -350,12 +376,16 @@ class Fabric:
         result = (wrapped, *wrapped_optimizers)
         return (*result, scheduler) if scheduler is not None else result
 
-    def setup_module(self, module: nn.Module, move_to_device: bool = True) -> FabricModule:
+    def setup_module(self, module: _M, move_to_device: bool = True) -> _M:
         """Prepare a model (device, precision, strategy wrapping) without optimizers.
 
         Fires the hook ``on_after_setup(fabric, module)``. A LightningModule gets ``_fabric`` set to this
-        Fabric (see ``setup``).
+        Fabric (see ``setup``). The result is a ``treadle.wrappers.FabricModule``, typed as your module's
+        class: it forwards attribute access to it.
         """
+        return cast(_M, self._setup_module(module, move_to_device))
+
+    def _setup_module(self, module: nn.Module, move_to_device: bool) -> FabricModule:
         check_module(module, "setup_module")
         self._require_environment("setup_module")
         module = self._precision.convert_module(module)
@@ -374,6 +404,12 @@ class Fabric:
         self._direct_backward = strategy.passes_through
         self._callbacks.call("on_after_setup", module=wrapped, **self._hook_arguments)
         return wrapped
+
+    @overload
+    def setup_optimizers(self, optimizer: _O, /) -> _O: ...
+
+    @overload
+    def setup_optimizers(self, *optimizers: torch.optim.Optimizer) -> Any: ...
 
     def setup_optimizers(self, *optimizers: torch.optim.Optimizer) -> Any:
         """Prepare optimizers: their ``step`` goes through the precision (grad scaler) and fires hooks.

@@ -9,6 +9,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ def records(path: Path) -> Iterator[Any]:
     """The records of a ``.wandb`` file: a 7-byte header (``:W&B``, magic, version), then LevelDB-style
     32 KiB blocks of chunks (crc32, length, type: 1 full, 2 first, 3 middle, 4 last)."""
     data = path.read_bytes()
+    if len(data) < 7:  # W&B has not written the header yet
+        return
     assert data[:4] == b":W&B"
     position, block, parts = 7, 32768, b""
     while position + 7 <= len(data):
@@ -44,6 +47,8 @@ def records(path: Path) -> Iterator[Any]:
             position += left
             continue
         _crc, length, kind = struct.unpack("<IHB", data[position : position + 7])
+        if position + 7 + length > len(data):  # the writer is midway through this chunk
+            return
         chunk = data[position + 7 : position + 7 + length]
         position += 7 + length
         if kind == 1:
@@ -64,7 +69,18 @@ def records(path: Path) -> Iterator[Any]:
         yield record
 
 
-def read_run(save_dir: Path) -> dict[str, Any]:
+def read_run(save_dir: Path, timeout: float = 30.0) -> dict[str, Any]:
+    """The finished run in ``save_dir``. W&B's service process writes the file and may still be flushing
+    it when ``finish()`` returns, so this reads until the exit record is there (or ``timeout`` passes)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        run = _read_run_once(save_dir)
+        if run["exit_code"] is not None or time.monotonic() > deadline:
+            return run
+        time.sleep(0.05)
+
+
+def _read_run_once(save_dir: Path) -> dict[str, Any]:
     (run_file,) = save_dir.glob("wandb/offline-run-*/run-*.wandb")
     run: dict[str, Any] = {"history": [], "config": {}, "exit_code": None, "artifacts": []}
     for record in records(run_file):

@@ -78,7 +78,9 @@ class Profiler(Callback):
             warming up, ``trace_active`` steps recorded, then exported as a Chrome trace
             (``trace.json``, next to the report) that Perfetto (ui.perfetto.dev) or TensorBoard opens.
             A step ends at each ``on_train_batch_end``.
-        trace_wait, trace_warmup, trace_active: the trace window, in steps.
+        trace_wait: steps skipped before the trace window.
+        trace_warmup: steps the profiler warms up for, not recorded.
+        trace_active: steps recorded.
         record_shapes: record operator input shapes in the trace.
 
     Raises:

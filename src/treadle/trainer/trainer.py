@@ -52,17 +52,26 @@ class Trainer:
     ``validation_step``, with callbacks, loggers, checkpoints and exact resume.
 
     Args:
-        accelerator, strategy, devices, num_nodes, precision, loggers: passed to ``Fabric``.
+        accelerator: passed to ``Fabric``.
+        strategy: passed to ``Fabric``.
+        devices: passed to ``Fabric``.
+        num_nodes: passed to ``Fabric``.
+        precision: passed to ``Fabric``.
+        loggers: passed to ``Fabric``.
         callbacks: callback objects (any object with hook methods); see ``docs/trainer.md`` for the hooks.
-        max_epochs, max_steps: stop after this many epochs / optimizer steps; -1 for no limit.
+        max_epochs: stop after this many epochs; -1 for no limit.
+        max_steps: stop after this many optimizer steps; -1 for no limit.
         max_time: stop at the first step boundary after this long: seconds, a ``timedelta`` or
             ``"DD:HH:MM:SS"``; counted over resumed runs too.
         grad_accum_steps: step the optimizer every this many batches (and on an epoch's last batch).
-        limit_train_batches, limit_val_batches: use at most this many batches (int) or this fraction.
+        limit_train_batches: train on at most this many batches per epoch (int) or this fraction (float).
+        limit_val_batches: validate on at most this many batches (int) or this fraction (float); 0 turns
+            validation off.
         val_every_n_epochs: validate after every n-th epoch (None: never at epoch end).
         val_every_n_steps: also validate after every n-th optimizer step.
-        gradient_clip_val, gradient_clip_algorithm: clip the gradients' total norm (``"norm"``) or each
-            element (``"value"``) before every optimizer step; gradients are unscaled first.
+        gradient_clip_val: clip gradients to this before every optimizer step (unscaled first); None: no
+            clipping.
+        gradient_clip_algorithm: clip the gradients' total norm (``"norm"``) or each element (``"value"``).
         checkpoint_dir: folder of ``last.ckpt`` (written on SIGTERM, read by ``fit(ckpt_path="last")``).
         enable_progress_bar: add a ``ProgressBar`` after your callbacks unless you passed one.
         log_every_n_steps: log ``train_loss`` every this many optimizer steps.
@@ -265,7 +274,8 @@ class Trainer:
         Args:
             model: an ``nn.Module`` with ``training_step(batch, batch_idx)`` (a loss tensor, or a dict with
                 ``"loss"``), ``configure_optimizers()`` and optionally ``validation_step(batch, batch_idx)``.
-            train_dataloaders, val_dataloaders: ``DataLoader``s.
+            train_dataloaders: the training ``DataLoader``.
+            val_dataloaders: the validation ``DataLoader`` (needs ``validation_step``).
             ckpt_path: resume from this checkpoint; ``"last"`` means the newest ``last.ckpt`` in
                 ``checkpoint_dir`` or in the folder of a ``ModelCheckpoint(save_last=True, dirpath=...)``.
 

@@ -29,6 +29,18 @@ def test_fabric_loop(tmp_path: Path) -> None:
     assert "final val_loss" in out
 
 
+def test_tensor_parallel_on_two_cpu_processes_and_consolidate(tmp_path: Path) -> None:
+    out = _run(str(EXAMPLES / "tensor_parallel.py"), "--iterations", "10", cwd=tmp_path)
+    assert "mesh: 1 data parallel x 2 tensor parallel" in out
+    losses = [float(line.split()[-1]) for line in out.splitlines() if line.startswith("iteration")]
+    assert len(losses) == 3 and losses[-1] < losses[0] - 0.5, out  # it learns the counting pattern
+    _run("-m", "treadle", "consolidate", "checkpoints/tensor_parallel", "model.pt", cwd=tmp_path)
+    import torch
+
+    saved = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert saved["iteration"] == 9 and saved["model"]["output.weight"].shape == (256, 64)
+
+
 def test_trainer_script_and_its_resume(tmp_path: Path) -> None:
     script = str(EXAMPLES / "trainer_script.py")
     out = _run(script, "--max-epochs", "2", "--root", str(tmp_path), "--no-progress-bar", cwd=tmp_path)

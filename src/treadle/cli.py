@@ -1,4 +1,5 @@
-"""The ``treadle`` command: ``run`` (start a script on N processes), ``demo`` (the first job), ``plot`` (curves).
+"""The ``treadle`` command: ``run`` (start a script on N processes), ``demo`` (the first job), ``plot`` (curves),
+``consolidate`` (a sharded checkpoint folder into one file).
 
 Each subcommand's work lives in its own module and is imported only when that subcommand runs.
 """
@@ -11,7 +12,7 @@ from collections.abc import Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The parser of the ``treadle`` command, with its ``run``, ``demo`` and ``plot`` subcommands.
+    """The parser of the ``treadle`` command, with its ``run``, ``demo``, ``plot`` and ``consolidate`` subcommands.
 
     Returns:
         A parser whose ``parse_known_args`` gives ``command`` (the subcommand, or None) and its options.
@@ -59,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     plot.add_argument("-m", "--metric", action="append", default=None, help="only this metric (repeatable)")
+
+    consolidate = commands.add_parser(
+        "consolidate", help="turn a sharded checkpoint folder (FSDP, model parallel) into one file"
+    )
+    consolidate.add_argument("checkpoint", help="the folder fabric.save wrote under a sharded strategy")
+    consolidate.add_argument("output", help="the single file to write, e.g. model.pt")
     return parser
 
 
@@ -107,6 +114,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             # would only bury it.
             parser.exit(2, f"treadle plot: error: {error}\n")
         print(f"curves written to {path}")
+        return 0
+    if args.command == "consolidate":
+        from treadle.consolidate import consolidate
+
+        try:
+            written = consolidate(args.checkpoint, args.output)
+        except (FileNotFoundError, ValueError) as error:
+            parser.exit(2, f"{error}\n")
+        print(f"checkpoint written to {written} (load it with torch.load(path, weights_only=True))")
         return 0
     parser.print_help()
     return 0

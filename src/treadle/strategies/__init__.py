@@ -16,13 +16,18 @@ from treadle.strategies.single_device import SingleDeviceStrategy
 if TYPE_CHECKING:
     from treadle.strategies.ddp import DDPStrategy
     from treadle.strategies.fsdp import FSDPStrategy
+    from treadle.strategies.model_parallel import ModelParallelStrategy
     from treadle.strategies.parallel import StartMethod
 
-_DISTRIBUTED = {"DDPStrategy": "treadle.strategies.ddp", "FSDPStrategy": "treadle.strategies.fsdp"}
+_DISTRIBUTED = {
+    "DDPStrategy": "treadle.strategies.ddp",
+    "FSDPStrategy": "treadle.strategies.fsdp",
+    "ModelParallelStrategy": "treadle.strategies.model_parallel",
+}
 
 
 # Submodules reachable as attributes, as Lightning scripts write them (`strategies.fsdp.FSDPStrategy`).
-_SUBMODULES = ("ddp", "fsdp", "launch", "parallel", "fsdp_checkpoint")
+_SUBMODULES = ("ddp", "fsdp", "model_parallel", "launch", "parallel", "fsdp_checkpoint")
 
 
 def __getattr__(name: str) -> Any:
@@ -116,6 +121,7 @@ __all__ = [
     "STRATEGIES",
     "DDPStrategy",
     "FSDPStrategy",
+    "ModelParallelStrategy",
     "ProcessEnvironment",
     "ReduceOp",
     "SingleDeviceStrategy",

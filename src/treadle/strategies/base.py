@@ -7,6 +7,7 @@ nothing and a distributed one overrides what it changes.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -322,8 +323,19 @@ class Strategy:
     def load_checkpoint(
         self, path: str, state: dict[str, Any] | None, strict: bool, weights_only: bool
     ) -> dict[str, Any]:
-        """Read ``path`` and restore ``state`` in place; returns the entries not asked for."""
+        """Read ``path`` and restore ``state`` in place; returns the entries not asked for.
+
+        ``path`` may also be a sharded folder written by any number of ranks (FSDP, model parallel): each
+        model then takes its full tensors from the shards."""
+        if os.path.isdir(path) and os.path.isfile(os.path.join(path, "meta.pt")):
+            from treadle.strategies.fsdp_checkpoint import load
+
+            return load(self, path, state, strict=strict, weights_only=weights_only)
         return checkpoint.load_checkpoint(path, state, strict=strict, weights_only=weights_only)
+
+    def sharded_modules(self) -> list[nn.Module]:
+        """The modules this strategy has sharded (none, unless it shards)."""
+        return []
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

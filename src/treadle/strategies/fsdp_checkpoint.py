@@ -14,7 +14,7 @@ import os
 import pickle
 import secrets
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, Protocol, TypeVar
 
 import torch
@@ -22,6 +22,7 @@ from torch import nn
 
 from treadle import checkpoint
 from treadle.errors import add_note
+from treadle.optimizer_keys import names_from_positions
 
 T = TypeVar("T")
 
@@ -150,7 +151,7 @@ def load(
     for key, (optimizer, owner) in optimizers.items():
         if key in saved:
             with checkpoint.restoring(key, path):
-                entry = _keyed_by_name(saved.pop(key), optimizer, owner)
+                entry = names_from_positions(saved.pop(key), optimizer, owner)
                 set_optimizer_state_dict(owner, optimizer, entry, options=options)
     return checkpoint.restore_entries(state, saved, path, strict=strict, keys=others)
 
@@ -172,7 +173,8 @@ def _load_sharded(
     if not os.path.isfile(meta_path):
         raise FileNotFoundError(
             f"{path!r} is a folder but not a sharded treadle checkpoint (it has no {META_FILE}). Pass the "
-            "folder that fabric.save wrote with FSDPStrategy(state_dict_type='sharded'), or a checkpoint file."
+            "folder that fabric.save wrote with FSDPStrategy(state_dict_type='sharded') or "
+            "ModelParallelStrategy, or a checkpoint file."
         )
     meta = checkpoint.load_checkpoint(meta_path, None, weights_only=weights_only)
     found = meta.get("format") if isinstance(meta, dict) else None
@@ -187,14 +189,14 @@ def _load_sharded(
     if state is None:
         raise ValueError(
             f"{path!r} is a sharded checkpoint: its tensors can only be loaded into objects. Pass them, e.g. "
-            "fabric.load(path, {'model': model, 'optimizer': optimizer}); to turn it into one file, use "
-            "torch.distributed.checkpoint.format_utils.dcp_to_torch_save."
+            "fabric.load(path, {'model': model, 'optimizer': optimizer}); to turn it into one file, run "
+            f"`treadle consolidate {path} out.pt`."
         )
     if not isinstance(state, dict):
         raise TypeError(
             f"Fabric.load(state=...) must be a dict of the objects to restore, got {type(state).__name__}."
         )
-    modules, optimizers, others = _classify(strategy, state)
+    modules, optimizers, others = _classify(strategy, state, into_shards=set(sharded_keys))
     available = {key: None for key in [*sharded_keys, *saved_rest]}
     checkpoint.check_missing_keys(path, state, available, strict)
     template: dict[str, Any] = {}
@@ -206,7 +208,14 @@ def _load_sharded(
             # Creates the optimizer's state (zeros) if it never stepped, so there is a place to load into.
             template[key] = get_optimizer_state_dict(owner, optimizer)
     if template:
-        dcp_load(template, checkpoint_id=path, planner=DefaultLoadPlanner(allow_partial_load=not strict))
+        import torch.distributed as dist
+
+        dcp_load(
+            template,
+            checkpoint_id=path,
+            planner=DefaultLoadPlanner(allow_partial_load=not strict),
+            no_dist=not (dist.is_available() and dist.is_initialized()),  # one process reads every shard
+        )
     options = StateDictOptions(strict=strict)
     for key, module in modules.items():
         if key in template:
@@ -220,9 +229,12 @@ def _load_sharded(
 
 
 def _classify(
-    strategy: ShardingStrategy, state: Mapping[str, Any]
+    strategy: ShardingStrategy, state: Mapping[str, Any], into_shards: Collection[str] = ()
 ) -> tuple[dict[str, nn.Module], dict[str, tuple[torch.optim.Optimizer, nn.Module]], dict[str, Any]]:
-    """Split ``state`` into sharded modules, optimizers of sharded modules (with their module), and the rest."""
+    """Split ``state`` into sharded modules, optimizers of sharded modules (with their module), and the rest.
+
+    The keys in ``into_shards`` were sharded when saved: their modules load shard by shard whatever this
+    job's layout (a plain module in one process takes the full tensors), so they count as sharded here."""
     from torch.distributed.fsdp import FSDPModule
 
     from treadle.wrappers import FabricModule, FabricOptimizer
@@ -239,7 +251,9 @@ def _classify(
         inner = value.module if isinstance(value, FabricModule) else value
         inner = value.optimizer if isinstance(value, FabricOptimizer) else inner
         inner = checkpoint.unwrap_compiled(inner)
-        if isinstance(inner, nn.Module) and (isinstance(inner, FSDPModule) or is_sharded(inner)):
+        if isinstance(inner, nn.Module) and (
+            key in into_shards or isinstance(inner, FSDPModule) or is_sharded(inner)
+        ):
             modules[key] = inner
         elif isinstance(inner, torch.optim.Optimizer):
             optimizers[key] = inner
@@ -272,30 +286,6 @@ def _owner(key: str, optimizer: torch.optim.Optimizer, modules: list[nn.Module])
             "match an optimizer to one. Use one optimizer per model."
         )
     return owners[0] if owners else None
-
-
-def _keyed_by_name(saved: Any, optimizer: torch.optim.Optimizer, owner: nn.Module) -> Any:
-    """Optimizer state saved by DDP or one process is keyed by parameter position; FSDP wants names."""
-    if not isinstance(saved, Mapping) or not isinstance(saved.get("state"), Mapping):
-        return saved
-    if not any(isinstance(key, int) for key in saved["state"]):
-        return saved
-    names = {id(p): name for name, p in owner.named_parameters()}
-    ordered = [names.get(id(p)) for group in optimizer.param_groups for p in group["params"]]
-    if None in ordered:
-        return saved
-
-    def name_of(index: int) -> str:
-        if not 0 <= index < len(ordered):
-            raise ValueError(
-                f"The saved optimizer state refers to parameter {index}, but this optimizer has {len(ordered)}."
-            )
-        return str(ordered[index])
-
-    groups = [
-        dict(group, params=[name_of(i) for i in group["params"]]) for group in saved.get("param_groups", [])
-    ]
-    return {"state": {name_of(i): value for i, value in saved["state"].items()}, "param_groups": groups}
 
 
 def _shareable(error: Exception | None) -> Exception | None:

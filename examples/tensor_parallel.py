@@ -182,7 +182,7 @@ def main() -> None:
 
     from torch.distributed.tensor.parallel import loss_parallel
 
-    for iteration, batch in zip(range(args.iterations), loader):
+    for iteration, batch in zip(range(args.iterations), loader, strict=False):  # the loader is longer
         inputs, targets = batch[:, :-1], batch[:, 1:]
         logits = model(inputs)
         with loss_parallel():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Generator, Mapping, Sequence
-from typing import Any, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 import torch
 from torch import nn
@@ -35,6 +35,9 @@ from treadle.wrappers import (
     unwrap,
     wrap_optimizer,
 )
+
+if TYPE_CHECKING:
+    from treadle.async_save import BackgroundWriter
 
 T = TypeVar("T")
 # The set-up module and optimizers are typed as what the user passed: the module wrapper forwards attribute
@@ -130,6 +133,7 @@ class Fabric:
         # Set while `backward` runs: outputs of set-up models check it when gradients reach them, so that a
         # `loss.backward()` which skips Fabric is an error where Fabric's backward does something.
         self._backward_guard = BackwardGuard()
+        self._writer: BackgroundWriter | None = None  # made by the first save(async_save=True)
 
     # --- who and where ------------------------------------------------------------------------------------
     @property
@@ -658,7 +662,12 @@ class Fabric:
 
     # --- checkpoints --------------------------------------------------------------------------------------
     def save(
-        self, path: str | os.PathLike[str], state: Mapping[str, Any], filter: StateFilter | None = None
+        self,
+        path: str | os.PathLike[str],
+        state: Mapping[str, Any],
+        filter: StateFilter | None = None,
+        *,
+        async_save: bool = False,
     ) -> None:
         """Save modules, optimizers, anything with ``state_dict`` and plain values, atomically.
 
@@ -666,15 +675,58 @@ class Fabric:
             path: the file to write; parent folders are created.
             state: e.g. ``{"model": model, "optimizer": optimizer, "step": step}``.
             filter: per key, a predicate ``(name, value) -> bool`` selecting state-dict entries to keep.
+            async_save: return once the state is copied to host memory and write the file in a background
+                thread. The next save, :meth:`wait_for_saves` and the end of the process wait for it; the
+                first of them raises its error. Until it is written, ``path`` holds the previous file.
 
         Raises:
             TypeError: a value would not load back with ``weights_only=True`` (an ``argparse.Namespace``,
                 a function, a class); the message names its key and how to store it.
             OSError: the file could not be written (a full disk, no permission); the message names `path`
-                and the previous file at `path` is kept.
+                and the previous file at `path` is kept. With ``async_save``, raised by the next save or
+                :meth:`wait_for_saves`.
         """
+        if not isinstance(async_save, bool):
+            raise TypeError(f"Fabric.save(async_save={async_save!r}) must be True or False.")
         checkpoint.check_path(path, "Fabric.save(path=...)", file=False)  # a sharded save writes a folder
-        self._strategy.save_checkpoint(os.fspath(path), state, filter=filter)
+        self.wait_for_saves()
+        if async_save:
+            from treadle.async_save import BackgroundWriter
+
+            if self._writer is None:
+                self._writer = BackgroundWriter()
+            self._strategy.save_checkpoint_async(os.fspath(path), state, filter, self._writer)
+        else:
+            self._strategy.save_checkpoint(os.fspath(path), state, filter=filter)
+
+    def after_save(self, follow_up: Callable[[], object]) -> None:
+        """Run ``follow_up`` once the checkpoint being written in the background is on disk.
+
+        It runs in the writing thread right after a successful write (never after a failed one), on the
+        rank that writes; where no write is in flight (other ranks, synchronous saves) it runs at once.
+        ``ModelCheckpoint(async_save=True)`` links ``last.ckpt`` and deletes displaced files this way.
+
+        Example::
+
+            fabric.save("step-100.pt", state, async_save=True)
+            fabric.after_save(lambda: print("step-100.pt is on disk"))
+        """
+        if self._writer is None:
+            follow_up()
+        else:
+            self._writer.then(follow_up)
+
+    def wait_for_saves(self) -> None:
+        """Wait until a save started with ``async_save=True`` is on disk (every rank must call it).
+
+        Raises:
+            Exception: the background write's error (rank 0's own; a RuntimeError on the other ranks).
+        """
+        writer = self._writer
+        if writer is not None and (writer.pending or self._strategy.world_size > 1):
+            self._strategy.run_on_rank_zero(writer.wait, "finish writing the previous checkpoint")
+        elif writer is not None:
+            writer.wait()
 
     def load(
         self,
@@ -692,6 +744,7 @@ class Fabric:
             The checkpoint entries that ``state`` did not ask for (the whole checkpoint if ``state`` is None).
         """
         checkpoint.check_path(path, "Fabric.load(path=...)", file=False)
+        self.wait_for_saves()  # the file may still be on its way
         return self._strategy.load_checkpoint(
             os.fspath(path), state, strict=strict, weights_only=True if weights_only is None else weights_only
         )

@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -65,6 +66,9 @@ class ModelCheckpoint(Callback):
             set; 0 disables epoch saves.
         name: distinguishes the checkpoint state of several ModelCheckpoint callbacks in one run.
         verbose: print a line for each save (global rank 0).
+        async_save: write files in the background (``Fabric.save(async_save=True)``): training waits only
+            for the copy of the state. ``last.ckpt`` is linked and displaced files deleted once the new file
+            is on disk, so the folder never holds fewer than ``save_top_k`` complete files.
 
     Raises:
         ValueError: an argument is out of range; the message names it.
@@ -93,6 +97,7 @@ class ModelCheckpoint(Callback):
         every_n_epochs: int | None = None,
         name: str | None = None,
         verbose: bool = False,
+        async_save: bool = False,
     ) -> None:
         if not isinstance(filename, str) or not filename:
             raise ValueError(f"ModelCheckpoint(filename={filename!r}) must be a non-empty template string.")
@@ -132,6 +137,7 @@ class ModelCheckpoint(Callback):
         self.every_n_steps = every_n_steps or 0
         self.every_n_epochs = every_n_epochs
         self.verbose = check_bool("ModelCheckpoint", "verbose", verbose)
+        self.async_save = check_bool("ModelCheckpoint", "async_save", async_save)
         self._name = name
         # (path, score) of the files kept, best first. Without a monitor the score is the step.
         self._kept: list[tuple[str, float]] = []
@@ -228,7 +234,7 @@ class ModelCheckpoint(Callback):
         self._forget_other_folder(target.dirpath)
         self.last_model_path = os.path.join(target.dirpath, LAST_NAME)
         self._last_saved_step = target.step
-        target.save(self.last_model_path)
+        target.save(self.last_model_path, self.async_save)
         if self.verbose and target.is_global_zero:
             write_line(f"ModelCheckpoint: saved {LAST_NAME} ({why})")
 
@@ -256,28 +262,35 @@ class ModelCheckpoint(Callback):
             self.last_model_path = last_path
         self._last_saved_step = target.step
         if keep:
-            target.save(path)
-        if self.save_last:
+            target.save(path, self.async_save)
+        if self.save_last and keep and self.async_save:
+            # The file is still being written: rank 0's writing thread links (or copies) it afterwards.
+            target.after_save(lambda: atomic_link(path, last_path) or _atomic_copy(path, last_path))
+        elif self.save_last:
             # A hard link renamed over last.ckpt makes it the same file without writing it twice.
             linked = keep and target.is_global_zero and atomic_link(path, last_path)
             if target.world_size > 1:
                 linked = target.broadcast(linked)
             if not linked:
-                target.save(last_path)
+                target.save(last_path, self.async_save)
         if target.is_global_zero:
-            for old in displaced:
-                # Only this run's folder is ours to clean: a file elsewhere (recorded by an older checkpoint)
-                # leaves the ranking but stays on disk.
-                if os.path.dirname(os.path.abspath(old)) != self._saved_dirpath:
-                    continue
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(old)
-            if displaced:
-                self._write_ranked_list(self._kept)
+            # Displaced files go once the new one is on disk (at once for synchronous saves).
+            target.after_save(lambda: self._delete_displaced(displaced))
         if self.verbose and target.is_global_zero:
             what = os.path.basename(path) if keep else LAST_NAME
             score_text = f" ({self.monitor}={score:.6g})" if self.monitor is not None else ""
             write_line(f"ModelCheckpoint: saved {what}{score_text}")
+
+    def _delete_displaced(self, displaced: list[str]) -> None:
+        for old in displaced:
+            # Only this run's folder is ours to clean: a file elsewhere (recorded by an older checkpoint)
+            # leaves the ranking but stays on disk.
+            if os.path.dirname(os.path.abspath(old)) != self._saved_dirpath:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(old)
+        if displaced:
+            self._write_ranked_list(self._kept)
 
     def _ranked_list_path(self) -> str:
         assert self._saved_dirpath is not None
@@ -459,7 +472,7 @@ class _Target:
         epoch: int,
         step: int,
         metrics: Mapping[str, Any],
-        save: Callable[[str], None],
+        save: Callable[[str, bool], None],
         fabric: Any,
     ) -> None:
         self.dirpath = dirpath
@@ -473,6 +486,13 @@ class _Target:
 
     def broadcast(self, obj: Any) -> Any:
         return self._fabric.broadcast(obj, 0)
+
+    def after_save(self, follow_up: Callable[[], object]) -> None:
+        after = getattr(self._fabric, "after_save", None)
+        if callable(after):
+            after(follow_up)
+        else:
+            follow_up()
 
     @staticmethod
     def resolve(
@@ -491,7 +511,7 @@ class _Target:
                 trainer.current_epoch,
                 trainer.global_step,
                 trainer.callback_metrics,
-                trainer.save_checkpoint,
+                lambda path, background: trainer.save_checkpoint(path, async_save=background),
                 trainer.fabric,
             )
         fabric = fabric if fabric is not None else callback._fabric
@@ -508,8 +528,8 @@ class _Target:
             )
         saved_state = state
 
-        def save(path: str) -> None:
-            fabric.save(path, saved_state)
+        def save(path: str, background: bool) -> None:
+            fabric.save(path, saved_state, async_save=background)
 
         return _Target(
             callback.dirpath,
@@ -519,3 +539,10 @@ class _Target:
             save,
             fabric,
         )
+
+
+def _atomic_copy(source: str, target: str) -> bool:
+    """Copy ``source`` over ``target`` atomically (where hard links are not possible)."""
+    with open(source, "rb") as reader, atomic_open(target, "wb") as writer:
+        shutil.copyfileobj(reader, writer, 1 << 22)
+    return True

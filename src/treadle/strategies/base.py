@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 import torch
 from torch import nn
@@ -20,6 +20,9 @@ from treadle.accelerators import Accelerator
 from treadle.precision import Precision
 from treadle.precision.base import inherits
 from treadle.strategies.environment import ProcessEnvironment
+
+if TYPE_CHECKING:
+    from treadle.async_save import BackgroundWriter
 
 T = TypeVar("T")
 ReduceOp = Literal["mean", "sum", "max", "min"]
@@ -299,6 +302,27 @@ class Strategy:
         self.run_on_rank_zero(
             lambda: checkpoint.save_checkpoint(path, state, filter=filter), f"write the checkpoint {path!r}"
         )
+
+    def save_checkpoint_async(
+        self,
+        path: str,
+        state: Mapping[str, Any],
+        filter: Mapping[str, Callable[[str, Any], bool]] | None,
+        writer: BackgroundWriter,
+    ) -> None:
+        """Copy ``state`` into host memory now and let ``writer`` write it to ``path`` (global rank 0).
+
+        Every rank calls it; they return once rank 0 has its copy, and all raise if the copy failed."""
+        from treadle.async_save import host_copy
+
+        copies: list[dict[str, Any]] = []
+        self.run_on_rank_zero(
+            lambda: copies.append(host_copy(checkpoint.to_saveable(state, filter))),
+            f"copy the checkpoint {path!r} for its background write",
+        )
+        if copies:
+            data = copies[0]
+            writer.submit(lambda: checkpoint.atomic_save(data, path), path)
 
     def run_on_rank_zero(self, action: Callable[[], object], what: str) -> None:
         """Run ``action`` on global rank 0 only, with every rank returning once it is done.

@@ -103,6 +103,15 @@ def save_sharded(strategy: ShardingStrategy, path: str, state: Mapping[str, Any]
 
 def save_full(strategy: ShardingStrategy, path: str, state: Mapping[str, Any], filter: Filter | None) -> None:
     """Gather full state dicts on rank 0 (every rank takes part) and write one file there, atomically."""
+    converted = gather_full(strategy, state, filter)
+    strategy.run_on_rank_zero(
+        lambda: checkpoint.save_checkpoint(path, converted, filter=filter), f"write the checkpoint {path!r}"
+    )
+
+
+def gather_full(strategy: ShardingStrategy, state: Mapping[str, Any], filter: Filter | None) -> dict[str, Any]:
+    """``state`` with each sharded model and its optimizer replaced by full state dicts (on CPU, complete on
+    rank 0); every rank must call it."""
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
         get_model_state_dict,
@@ -117,9 +126,7 @@ def save_full(strategy: ShardingStrategy, path: str, state: Mapping[str, Any], f
         converted[key] = get_model_state_dict(module, options=options)
     for key, (optimizer, owner) in optimizers.items():
         converted[key] = get_optimizer_state_dict(owner, optimizer, options=options)
-    strategy.run_on_rank_zero(
-        lambda: checkpoint.save_checkpoint(path, converted, filter=filter), f"write the checkpoint {path!r}"
-    )
+    return converted
 
 
 def load(

@@ -314,11 +314,12 @@ class Trainer:
             self._val_loader = self.fabric.setup_dataloaders(dataloaders, move_to_device=False).dataloader
             return self._run_validation()
 
-    def save_checkpoint(self, path: str | os.PathLike[str]) -> None:
+    def save_checkpoint(self, path: str | os.PathLike[str], *, async_save: bool = False) -> None:
         """Write everything needed to resume exactly, atomically (call it on every rank).
 
         The checkpoint holds progress, model, optimizer, schedulers, grad scaler, RNG states, callback states
         and ``callback_metrics``; ``on_save_checkpoint(checkpoint)`` may add entries before it is written.
+        With ``async_save=True`` the state is copied now and written in the background (see ``Fabric.save``).
 
         Raises:
             RuntimeError: no training run is set up yet.
@@ -349,7 +350,7 @@ class Trainer:
             "cpu_threads": torch.get_num_threads(),  # CPU sums depend on it: a bitwise resume needs the same
         }
         self._call("on_save_checkpoint", checkpoint=checkpoint)
-        self.fabric.save(path, checkpoint)
+        self.fabric.save(path, checkpoint, async_save=async_save)
 
     # --- the loop ------------------------------------------------------------------------------------------
     def _fit(
@@ -384,6 +385,7 @@ class Trainer:
             self._run_epoch()
         self._call("on_train_end")
         self._call("on_fit_end")
+        self.fabric.wait_for_saves()  # fit() returns with every checkpoint on disk
 
     def _run_epoch(self) -> None:
         self._call("on_train_epoch_start")

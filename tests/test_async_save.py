@@ -87,7 +87,7 @@ def test_a_failed_write_is_raised_by_the_next_save_and_keeps_the_old_file(
     assert torch.load(path, weights_only=True)["step"] == 3
 
 
-def test_bad_argument_and_sharded_folders_are_named(tmp_path: Path) -> None:
+def test_bad_argument_and_a_one_rank_fsdp_job_both_kinds(tmp_path: Path) -> None:
     fabric, model, _ = setup()
     with pytest.raises(TypeError, match=r"Fabric.save\(async_save='yes'\) must be True or False"):
         fabric.save(tmp_path / "a.pt", {"model": model}, async_save="yes")  # type: ignore[arg-type]
@@ -96,8 +96,11 @@ def test_bad_argument_and_sharded_folders_are_named(tmp_path: Path) -> None:
     sharded.launch()
     try:
         module = sharded.setup(nn.Linear(4, 4))
-        with pytest.raises(NotImplementedError, match=r"Pass state_dict_type='full' for a full file"):
-            sharded.save(tmp_path / "sharded", {"model": module}, async_save=True)
+        sharded.save(tmp_path / "sharded", {"model": module, "step": 2}, async_save=True)
+        sharded.wait_for_saves()
+        restored: dict[str, Any] = {"model": module, "step": 0}
+        sharded.load(tmp_path / "sharded", restored)
+        assert restored["step"] == 2 and (tmp_path / "sharded" / "meta.pt").is_file()
         strategy.state_dict_type = "full"
         sharded.save(tmp_path / "full.pt", {"model": module}, async_save=True)
         sharded.wait_for_saves()

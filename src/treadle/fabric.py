@@ -720,13 +720,28 @@ class Fabric:
         """Wait until a save started with ``async_save=True`` is on disk (every rank must call it).
 
         Raises:
-            Exception: the background write's error (rank 0's own; a RuntimeError on the other ranks).
+            Exception: the background write's error on the rank where it failed; a RuntimeError on the
+                other ranks, so that no rank goes on alone.
         """
         writer = self._writer
-        if writer is not None and (writer.pending or self._strategy.world_size > 1):
-            self._strategy.run_on_rank_zero(writer.wait, "finish writing the previous checkpoint")
-        elif writer is not None:
+        if writer is None:
+            return
+        if self._strategy.world_size == 1:
             writer.wait()
+            return
+        error: Exception | None = None
+        try:
+            writer.wait()
+        except Exception as raised:
+            error = raised
+        failed = self._strategy.all_reduce_bool(error is not None, "any")
+        if error is not None:
+            raise error
+        if failed:
+            raise RuntimeError(
+                "Another rank failed to finish writing the previous checkpoint in the background; its error "
+                "is reported by that rank. The checkpoint that was there before is kept."
+            )
 
     def load(
         self,

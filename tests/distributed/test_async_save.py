@@ -17,5 +17,5 @@ def test_rank_zero_writes_and_every_rank_learns_of_a_failed_write(tmp_path: Path
     zero, one = (torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(2))
     assert zero["saved_is_the_old_state"] and one["saved_is_the_old_state"]
     assert zero["failure"] == "OSError: [Errno 28] No space left on device"
-    assert one["failure"].startswith("RuntimeError: Rank 0 failed to finish writing the previous checkpoint")
+    assert one["failure"].startswith("RuntimeError: Another rank failed to finish writing the previous")
     assert zero["kept"] == one["kept"] == 1, "the failed write left the previous file"

@@ -77,6 +77,13 @@ def test_sharded_checkpoint_round_trip(jobs: Path, mode: str) -> None:
     ]
 
 
+@pytest.mark.parametrize("mode", ["tp", "dp"])
+def test_a_background_sharded_save_holds_the_state_of_its_call(jobs: Path, mode: str) -> None:
+    for rank in seen(jobs, mode):
+        assert rank["background_round_trip"] == [True, 5]
+        assert rank["leftovers"] == [], "no staging folder is left"
+
+
 def test_a_tensor_parallel_checkpoint_loads_into_a_data_parallel_job(jobs: Path) -> None:
     for rank in seen(jobs, "dp"):
         assert rank["resharded_difference"] == 0.0

@@ -191,21 +191,14 @@ class FSDPStrategy(ParallelStrategy):
         filter: Mapping[str, Callable[[str, Any], bool]] | None,
         writer: BackgroundWriter,
     ) -> None:
-        """Gather the full state (every rank takes part), then write it in the background on rank 0.
+        """Stage the shards (or gather the full state) now and write them in the background."""
+        from treadle.strategies.fsdp_checkpoint import gather_full, save_sharded_async
 
-        Raises:
-            NotImplementedError: sharded folders are written synchronously for now.
-        """
-        from treadle.strategies.fsdp_checkpoint import gather_full
-
-        if self.state_dict_type == "sharded":
-            raise NotImplementedError(
-                "Fabric.save(async_save=True) writes one full file, but FSDPStrategy(state_dict_type='sharded') writes a sharded "
-                "folder, which treadle does not write in the background yet. Pass state_dict_type='full' for a "
-                "full file written in the background, or async_save=False."
-            )
         self._require_group("save")
-        super().save_checkpoint_async(path, gather_full(self, state, filter), filter, writer)
+        if self.state_dict_type == "sharded":
+            save_sharded_async(self, path, state, filter, writer)
+        else:
+            super().save_checkpoint_async(path, gather_full(self, state, filter), filter, writer)
 
     def load_checkpoint(
         self, path: str, state: dict[str, Any] | None, strict: bool, weights_only: bool

@@ -14,15 +14,21 @@ import os
 import pickle
 import secrets
 import shutil
+import warnings
+import weakref
 from collections.abc import Callable, Collection, Mapping
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import torch
 from torch import nn
 
 from treadle import checkpoint
+from treadle.async_save import host_copy
 from treadle.errors import add_note
 from treadle.optimizer_keys import names_from_positions
+
+if TYPE_CHECKING:
+    from treadle.async_save import BackgroundWriter
 
 T = TypeVar("T")
 
@@ -47,10 +53,88 @@ META_FILE = "meta.pt"
 _FORMAT = "treadle-sharded-1"
 
 
-def save_sharded(strategy: ShardingStrategy, path: str, state: Mapping[str, Any], filter: Filter | None) -> None:
+def save_sharded(
+    strategy: ShardingStrategy, path: str, state: Mapping[str, Any], filter: Filter | None
+) -> None:
     """Every rank writes its shards into a fresh folder; rank 0 then renames it to ``path``."""
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
     from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
+
+    sharded, meta, staging, token = _prepare_sharded(strategy, path, state, filter)
+    target = os.path.abspath(path)
+    try:
+        dcp_save(sharded, checkpoint_id=staging)
+        strategy.run_on_rank_zero(
+            lambda: checkpoint.atomic_save(meta, os.path.join(staging, META_FILE)),
+            f"write {META_FILE} in {staging!r}",
+        )
+        strategy.run_on_rank_zero(
+            lambda: _replace_folder(staging, target, token), f"move the checkpoint to {path!r}"
+        )
+    except BaseException:
+        if strategy.is_global_zero:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def save_sharded_async(
+    strategy: ShardingStrategy,
+    path: str,
+    state: Mapping[str, Any],
+    filter: Filter | None,
+    writer: BackgroundWriter,
+) -> None:
+    """Stage every rank's shards in host memory, then write them in the background (DCP ``async_save``).
+
+    DCP's own finishing step gathers every rank's result before rank 0 writes the folder's metadata, so
+    when rank 0's write is done every shard is on disk: rank 0's thread then writes ``meta.pt`` and renames
+    the folder into place, with no collective outside DCP's separate process group."""
+    from torch.distributed.checkpoint.state_dict_saver import async_save as dcp_async_save
+
+    sharded, meta, staging, token = _prepare_sharded(strategy, path, state, filter)
+    target = os.path.abspath(path)
+    try:
+        future = dcp_async_save(sharded, checkpoint_id=staging, process_group=_checkpoint_group(strategy))
+    except BaseException:
+        if strategy.is_global_zero:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    rank_zero = strategy.is_global_zero
+
+    def finish() -> None:
+        try:
+            result: Any = getattr(future, "upload_completion", future)  # an AsyncSaveResponse or a Future
+            result.result()
+            if rank_zero:
+                checkpoint.atomic_save(meta, os.path.join(staging, META_FILE))
+                _replace_folder(staging, target, token)
+        except BaseException:
+            if rank_zero:
+                shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+    writer.submit(finish, path)
+
+
+_checkpoint_groups: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def _checkpoint_group(strategy: ShardingStrategy) -> Any:
+    # A background save runs DCP's collectives from its own thread: on the training's process group they
+    # could interleave with the training's collectives, so they get a group of their own (made once, by
+    # every rank at its first background save).
+    group = _checkpoint_groups.get(strategy)
+    if group is None:
+        import torch.distributed as dist
+
+        group = _checkpoint_groups[strategy] = dist.new_group(backend="gloo")
+    return group
+
+
+def _prepare_sharded(
+    strategy: ShardingStrategy, path: str, state: Mapping[str, Any], filter: Filter | None
+) -> tuple[dict[str, Any], dict[str, Any], str, str]:
+    """The sharded state dicts, rank 0's ``meta.pt`` content, the staging folder (created) and its token."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
     modules, optimizers, others = _classify(strategy, state)
     filter = checkpoint.check_filter(state, filter)
@@ -67,7 +151,9 @@ def save_sharded(strategy: ShardingStrategy, path: str, state: Mapping[str, Any]
     failure: Exception | None = None
     if strategy.is_global_zero:
         try:
-            rest = checkpoint.to_saveable(others, {k: keep for k, keep in filter.items() if k in others})
+            rest = host_copy(
+                checkpoint.to_saveable(others, {k: keep for k, keep in filter.items() if k in others})
+            )
         except Exception as error:
             failure = error
     token, shared = strategy.broadcast(
@@ -79,26 +165,13 @@ def save_sharded(strategy: ShardingStrategy, path: str, state: Mapping[str, Any]
         add_note(shared, "(raised on rank 0 while preparing the checkpoint's unsharded entries)")
         raise shared
 
-    target = os.path.abspath(path)
-    parent, name = os.path.split(target)
+    parent, name = os.path.split(os.path.abspath(path))
     staging = os.path.join(parent, f".{name}.{token}.tmp")
     if strategy.is_global_zero:
         os.makedirs(staging, exist_ok=True)
     strategy.barrier("save_sharded")
-    try:
-        dcp_save(sharded, checkpoint_id=staging)
-        meta = {"format": _FORMAT, "sharded_keys": list(sharded), "state": rest}
-        strategy.run_on_rank_zero(
-            lambda: checkpoint.atomic_save(meta, os.path.join(staging, META_FILE)),
-            f"write {META_FILE} in {staging!r}",
-        )
-        strategy.run_on_rank_zero(
-            lambda: _replace_folder(staging, target, token), f"move the checkpoint to {path!r}"
-        )
-    except BaseException:
-        if strategy.is_global_zero:
-            shutil.rmtree(staging, ignore_errors=True)
-        raise
+    meta = {"format": _FORMAT, "sharded_keys": list(sharded), "state": rest}
+    return sharded, meta, staging, token
 
 
 def save_full(strategy: ShardingStrategy, path: str, state: Mapping[str, Any], filter: Filter | None) -> None:
@@ -109,7 +182,9 @@ def save_full(strategy: ShardingStrategy, path: str, state: Mapping[str, Any], f
     )
 
 
-def gather_full(strategy: ShardingStrategy, state: Mapping[str, Any], filter: Filter | None) -> dict[str, Any]:
+def gather_full(
+    strategy: ShardingStrategy, state: Mapping[str, Any], filter: Filter | None
+) -> dict[str, Any]:
     """``state`` with each sharded model and its optimizer replaced by full state dicts (on CPU, complete on
     rank 0); every rank must call it."""
     from torch.distributed.checkpoint.state_dict import (
@@ -217,12 +292,16 @@ def _load_sharded(
     if template:
         import torch.distributed as dist
 
-        dcp_load(
-            template,
-            checkpoint_id=path,
-            planner=DefaultLoadPlanner(allow_partial_load=not strict),
-            no_dist=not (dist.is_available() and dist.is_initialized()),  # one process reads every shard
-        )
+        single = not (dist.is_available() and dist.is_initialized())  # one process reads every shard
+        with warnings.catch_warnings():
+            # torch warns that it "assumes" a single process even when told so with no_dist=True.
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+            dcp_load(
+                template,
+                checkpoint_id=path,
+                planner=DefaultLoadPlanner(allow_partial_load=not strict),
+                no_dist=single,
+            )
     options = StateDictOptions(strict=strict)
     for key, module in modules.items():
         if key in template:

@@ -304,21 +304,14 @@ class ModelParallelStrategy(ParallelStrategy):
         filter: Mapping[str, Callable[[str, Any], bool]] | None,
         writer: BackgroundWriter,
     ) -> None:
-        """Gather the full state (every rank takes part), then write it in the background on rank 0.
+        """Stage the shards (or gather the full state) now and write them in the background."""
+        from treadle.strategies.fsdp_checkpoint import gather_full, save_sharded_async
 
-        Raises:
-            NotImplementedError: sharded folders are written synchronously for now.
-        """
-        from treadle.strategies.fsdp_checkpoint import gather_full
-
-        if self.save_distributed_checkpoint:
-            raise NotImplementedError(
-                "Fabric.save(async_save=True) writes one full file, but ModelParallelStrategy(save_distributed_checkpoint=True) writes a sharded "
-                "folder, which treadle does not write in the background yet. Pass save_distributed_checkpoint=False for a "
-                "full file written in the background, or async_save=False."
-            )
         self._require_group("save")
-        super().save_checkpoint_async(path, gather_full(self, state, filter), filter, writer)
+        if self.save_distributed_checkpoint:
+            save_sharded_async(self, path, state, filter, writer)
+        else:
+            super().save_checkpoint_async(path, gather_full(self, state, filter), filter, writer)
 
     def load_checkpoint(
         self, path: str, state: dict[str, Any] | None, strict: bool, weights_only: bool

@@ -216,6 +216,17 @@ def main(mode: str, out: str, loaded: str | None) -> None:
     fabric.load(os.path.join(out, "sharded"), state)
     restored = {name: full(value) for name, value in model.state_dict().items()}
     seen["sharded_round_trip"] = [all(torch.equal(restored[n], v) for n, v in weights.items()), state["step"]]
+    # In the background: the folder appears once every rank's shards are written, with this moment's state.
+    background = os.path.join(out, "background")
+    fabric.save(background, {"model": model, "optimizer": optimizer, "step": 5}, async_save=True)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(1.0)  # training goes on
+    fabric.wait_for_saves()
+    fabric.load(background, state)
+    restored = {name: full(value) for name, value in model.state_dict().items()}
+    seen["background_round_trip"] = [all(torch.equal(restored[n], v) for n, v in weights.items()), state["step"]]
+    seen["leftovers"] = sorted(name for name in os.listdir(out) if name.startswith("."))
     strategy.save_distributed_checkpoint = False
     fabric.save(os.path.join(out, "full.pt"), {"model": model, "optimizer": optimizer})
     torch.save(seen, os.path.join(out, f"rank{rank}.pt"))

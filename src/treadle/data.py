@@ -16,6 +16,7 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
+from treadle.sampler import ResumableDistributedSampler
 from treadle.seed import WorkerSeeder, make_worker_init_fn, requested_seed, requested_worker_seed
 from treadle.tree import move_to_device
 
@@ -53,7 +54,7 @@ def prepare_dataloader(
     if isinstance(batch_sampler, BatchSampler):
         drop_last, batch_size = batch_sampler.drop_last, batch_sampler.batch_size
     seed = requested_seed()
-    sampler: DistributedSampler[Any] = DistributedSampler(
+    sampler: DistributedSampler[Any] = ResumableDistributedSampler(
         loader.dataset,
         shuffle=isinstance(_index_sampler(loader), RandomSampler),
         drop_last=drop_last,

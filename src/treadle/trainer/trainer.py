@@ -35,6 +35,7 @@ from treadle.trainer.config import (
     parse_max_time,
     translate_lightning_arguments,
 )
+from treadle.trainer.data_position import DataPosition
 from treadle.trainer.lifecycle import model_as_last_callback
 from treadle.trainer.limits import Limits
 from treadle.trainer.metrics import EpochMeans, batch_size_of, step_metrics
@@ -159,6 +160,7 @@ class Trainer:
         self._val_loader: DataLoader[Any] | None = None
         self._preemption = PreemptionFlag()
         self._rng = TrainingRng()
+        self._data_position = DataPosition()
         self._pending_batches = 0  # batches whose gradients are accumulated but not yet stepped
         self._loss_sum: torch.Tensor | float = 0.0
         self._limits = Limits(self._settings)
@@ -348,6 +350,11 @@ class Trainer:
             "callbacks": checkpointing.collect_callback_states(self._stateful),
             "callback_metrics": dict(self.callback_metrics),
             "cpu_threads": torch.get_num_threads(),  # CPU sums depend on it: a bitwise resume needs the same
+            "data_position": self._data_position.state_dict(
+                self._train_loader, self.progress.batches_done, self.fabric.world_size
+            )
+            if self._train_loader is not None
+            else None,
         }
         self._call("on_save_checkpoint", checkpoint=checkpoint)
         self.fabric.save(path, checkpoint, async_save=async_save)
@@ -367,6 +374,7 @@ class Trainer:
         )
         self.progress, self.callback_metrics = Progress(), {}
         self._rng.reset()
+        self._data_position.end_epoch(self._train_loader)
         self._pending_batches, self._loss_sum = 0, 0.0
         self.num_training_batches = count_batches(
             self._train_loader, self._settings.limit_train_batches, "train"
@@ -402,6 +410,7 @@ class Trainer:
             return  # stopped mid-epoch: the epoch stays unfinished
         self.progress.start_next_epoch()
         self._rng.end_epoch()
+        self._data_position.end_epoch(self._train_loader)
         self._check_limits()
         self._sync_stop()
 
@@ -419,7 +428,7 @@ class Trainer:
         # to the state of this moment, creates the iterator again and skips the batches already trained on.
         self._rng.begin_epoch(resuming_mid_epoch=start > 0)
         batches = iter(self._train_loader)
-        if not skip(batches, start):
+        if not skip(batches, self._data_position.batches_to_skip(start)):
             _warn_short_loader(start, None, self.progress.epoch)
             return True
         self._rng.apply_saved()
@@ -574,6 +583,16 @@ class Trainer:
             self.progress.start_next_epoch()
         self.callback_metrics = {str(k): float(v) for k, v in checkpoint.get("callback_metrics", {}).items()}
         self._rng.load_state_dict(checkpoint)
+        assert self._train_loader is not None
+        self.progress.batches_done, self._train_loader = self._data_position.restore(
+            checkpoint.get("data_position"),
+            self._train_loader,
+            batches_done=self.progress.batches_done,
+            epoch=self.progress.epoch,
+            world_size=self.fabric.world_size,
+            limited=self._settings.limit_train_batches is not None,
+            path=path,
+        )
         threads = checkpoint.get("cpu_threads")
         if isinstance(threads, int) and threads != torch.get_num_threads():
             warnings.warn(

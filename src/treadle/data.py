@@ -3,22 +3,26 @@ set-up loader (`FabricDataLoader`) advances the sampler's epoch and delivers bat
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import torch
 from torch.utils.data import (
     BatchSampler,
     DataLoader,
+    Dataset,
     DistributedSampler,
     IterableDataset,
     RandomSampler,
+    Sampler,
     SequentialSampler,
 )
 
 from treadle.sampler import ResumableDistributedSampler
 from treadle.seed import WorkerSeeder, make_worker_init_fn, requested_seed, requested_worker_seed
 from treadle.tree import move_to_device
+
+_D = TypeVar("_D")  # what the dataset's items are
 
 
 def prepare_dataloader(
@@ -129,19 +133,20 @@ def _worker_seeder(loader: DataLoader[Any], global_rank: int, split: bool) -> Wo
     return make_worker_init_fn(base_seed, global_rank)
 
 
-class FabricDataLoader:
+class FabricDataLoader(Generic[_D]):
     """A set-up dataloader: iterating yields batches already on the device.
 
     Each new iteration advances the sampler's epoch (``set_epoch``), so a DistributedSampler reshuffles.
+    It is generic in the dataset's item type, as ``DataLoader`` is (batches are ``Any``, as there).
     """
 
-    def __init__(self, dataloader: DataLoader[Any], device: torch.device | None) -> None:
+    def __init__(self, dataloader: DataLoader[_D], device: torch.device | None) -> None:
         self._dataloader = dataloader
         self._device = device
         self._num_iter_calls = 0
 
     @property
-    def dataloader(self) -> DataLoader[Any]:
+    def dataloader(self) -> DataLoader[_D]:
         """The DataLoader being iterated (with a DistributedSampler put in, where one was needed)."""
         return self._dataloader
 
@@ -176,10 +181,22 @@ class FabricDataLoader:
         for batch in self._dataloader:
             yield move_to_device(batch, device)
 
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return getattr(self.__dict__["_dataloader"], name)
+    if TYPE_CHECKING:
+        # The DataLoader attributes read through the wrapper, typed; mypy flags any other name.
+        dataset: Dataset[_D]
+        batch_size: int | None
+        drop_last: bool
+        num_workers: int
+        sampler: Sampler[Any] | Iterable[Any]
+        batch_sampler: Sampler[Any] | Iterable[Any] | None
+        collate_fn: Callable[[list[_D]], Any]
+        pin_memory: bool
+    else:
+
+        def __getattr__(self, name: str) -> Any:
+            if name.startswith("__"):
+                raise AttributeError(name)
+            return getattr(self.__dict__["_dataloader"], name)
 
     def __repr__(self) -> str:
         return f"FabricDataLoader({self._dataloader!r}, device={self._device})"

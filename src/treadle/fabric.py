@@ -46,6 +46,7 @@ T = TypeVar("T")
 _M = TypeVar("_M", bound=nn.Module)
 _O = TypeVar("_O", bound=torch.optim.Optimizer)
 _O2 = TypeVar("_O2", bound=torch.optim.Optimizer)
+_D = TypeVar("_D")
 # `launch()` without a function (every process runs on through the script) is told apart from an explicit
 # `launch(None)`, which is almost always `launch(train(fabric))` with a train that returned nothing.
 _NO_FUNCTION: Any = object()
@@ -436,14 +437,30 @@ class Fabric:
         self._direct_backward = self._strategy.passes_through
         return wrap_optimizer(prepared, self._strategy, self._plans, self._hook_arguments)
 
+    @overload
+    def setup_dataloaders(
+        self, dataloader: DataLoader[_D], /, *, use_distributed_sampler: bool = True, move_to_device: bool = True
+    ) -> FabricDataLoader[_D]: ...
+
+    @overload
+    def setup_dataloaders(
+        self,
+        first: DataLoader[Any],
+        second: DataLoader[Any],
+        /,
+        *more: DataLoader[Any],
+        use_distributed_sampler: bool = True,
+        move_to_device: bool = True,
+    ) -> list[FabricDataLoader[Any]]: ...
+
     def setup_dataloaders(
         self, *dataloaders: DataLoader[Any], use_distributed_sampler: bool = True, move_to_device: bool = True
-    ) -> Any:
+    ) -> FabricDataLoader[Any] | list[FabricDataLoader[Any]]:
         """Prepare dataloaders: batches arrive on ``fabric.device``; with several processes each rank reads
         its own share of the data (a DistributedSampler is put in, unless ``use_distributed_sampler=False``).
 
         Returns:
-            One wrapped dataloader, or a tuple of them when several are given.
+            One wrapped dataloader, or a list of them when several are given.
         """
         if not dataloaders:
             raise ValueError("Fabric.setup_dataloaders() needs at least one DataLoader.")

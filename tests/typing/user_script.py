@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from treadle import Fabric
+from treadle.data import FabricDataLoader
 
 
 class Net(nn.Module):
@@ -36,12 +38,18 @@ def main() -> None:
     optimizer.step()
     alone: Net = fabric.setup_module(Net())
     sgd: torch.optim.SGD = fabric.setup_optimizers(torch.optim.SGD(alone.parameters(), lr=0.1))
-    assert steps == [0, 1, 2] and lr == 1e-3 and betas and sgd.defaults["lr"] == 0.1
+    data = TensorDataset(torch.randn(8, 4))
+    loader: FabricDataLoader[tuple[torch.Tensor, ...]] = fabric.setup_dataloaders(DataLoader(data, batch_size=4))
+    train, val = fabric.setup_dataloaders(DataLoader(data), DataLoader(data))
+    batches: int = len(loader) + len(train) + len(val)
+    assert steps == [0, 1, 2] and lr == 1e-3 and betas and sgd.defaults["lr"] == 0.1 and batches == 18
     if torch.__version__ == "never":  # checked by mypy, never run
         # nn.Module's __getattr__ types unknown names as Tensor | Module (not Any), so a misuse still shows:
         steps.append(model.not_an_attribute)  # error: arg-type
         model.generate("three")  # error: arg-type
         optimizer.stepp()  # error: attr-defined
+        loader.dataloder  # error: attr-defined
+        fabric.setup_dataloaders(data)  # error: call-overload
 
 
 if __name__ == "__main__":

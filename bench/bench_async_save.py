@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--every", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the copy then goes to pinned memory)")
     parser.add_argument(
         "--threads", type=int, default=1, help="training threads (default 1: a core left for the writer)"
     )
@@ -39,11 +40,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     width = 1024
     layers = max(1, args.megabytes * 1_000_000 // (4 * width * width))
-    fabric = Fabric(accelerator="cpu")
+    fabric = Fabric(accelerator=args.device)
     model = nn.Sequential(*(nn.Linear(width, width, bias=False) for _ in range(layers)))
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
     model, optimizer = fabric.setup(model, optimizer)
-    batch = torch.randn(16, width)
+    batch = torch.randn(16, width, device=fabric.device)
     size = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e6
     saves = args.steps // args.every - 1  # no save in the last stretch: the last write overlaps training too
 
@@ -58,6 +59,8 @@ def main() -> None:
                 fabric.save(path, {"model": model, "step": step}, async_save=mode == "async")
                 calls.append(time.perf_counter() - called)
         fabric.wait_for_saves()
+        if fabric.device.type == "cuda":
+            torch.cuda.synchronize()
         return time.perf_counter() - start
 
     totals: dict[str, list[float]] = {"none": [], "sync": [], "async": []}
@@ -71,7 +74,9 @@ def main() -> None:
     base = min(totals["none"])
     stall = {mode: (min(totals[mode]) - base) / saves for mode in ("sync", "async")}
     print(
-        f"state: {size:.0f} MB in {layers} tensors; {args.steps} steps on {args.threads} thread(s), a save "
+        f"state: {size:.0f} MB in {layers} tensors on {fabric.device.type}"
+        + (f" ({torch.cuda.get_device_name()})" if fabric.device.type == "cuda" else "")
+        + f"; {args.steps} steps on {args.threads} thread(s), a save "
         f"every {args.every}; best of {args.repeat}"
     )
     print(f"loop without saves: {base * 1e3:.0f} ms ({base / args.steps * 1e3:.1f} ms/step)")

@@ -46,7 +46,11 @@ class FSDPStrategy(ParallelStrategy):
         state_dict_type: what ``fabric.save`` writes: ``"sharded"`` (a folder written by every rank with
             ``torch.distributed.checkpoint``; fast, needs the same storage on every machine) or ``"full"``
             (one ordinary file written by rank 0). ``fabric.load`` reads both.
-        timeout, process_group_backend, start_method, hang_timeout: as for ``DDPStrategy``.
+        timeout: how long a collective waits for the other ranks before it fails (as for ``DDPStrategy``).
+        process_group_backend: ``"gloo"``, ``"nccl"``, ...; None picks nccl on CUDA and gloo elsewhere.
+        start_method: ``"popen"`` (run the script again per rank) or ``"spawn"``, as for ``DDPStrategy``.
+        hang_timeout: how long a rank waits on the others before the job ends with a report of where each
+            rank is (as for ``DDPStrategy``).
 
     Raises:
         TypeError, ValueError: an option has the wrong type or value; the message names it.

@@ -28,6 +28,8 @@ def jobs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (out / "dp").mkdir()
     run_job("job_model_parallel", "tp", str(out / "tp"), timeout=90).check()
     run_job("job_model_parallel", "dp", str(out / "dp"), str(out / "tp" / "sharded"), timeout=90).check()
+    (out / "fsdp").mkdir()
+    run_job("job_model_parallel", "fsdp", str(out / "fsdp"), str(out / "tp" / "sharded"), timeout=90).check()
     return out
 
 
@@ -49,7 +51,7 @@ def test_the_mesh_and_a_meta_model_split_and_initialised(
         assert rank["start_difference"] == 0.0, "a one-process file loads into the split model"
 
 
-@pytest.mark.parametrize("mode", ["tp", "dp"])
+@pytest.mark.parametrize("mode", ["tp", "dp", "fsdp"])
 def test_training_follows_the_unsplit_model(jobs: Path, mode: str) -> None:
     for rank in seen(jobs, mode):
         assert max(rank["loss_differences"]) < 1e-5, rank["loss_differences"]
@@ -84,8 +86,9 @@ def test_a_background_sharded_save_holds_the_state_of_its_call(jobs: Path, mode:
         assert rank["leftovers"] == [], "no staging folder is left"
 
 
-def test_a_tensor_parallel_checkpoint_loads_into_a_data_parallel_job(jobs: Path) -> None:
-    for rank in seen(jobs, "dp"):
+@pytest.mark.parametrize("mode", ["dp", "fsdp"])
+def test_a_tensor_parallel_checkpoint_loads_into_a_data_parallel_job(jobs: Path, mode: str) -> None:
+    for rank in seen(jobs, mode):
         assert rank["resharded_difference"] == 0.0
         assert rank["resharded_moment_difference"] == 0.0, "the optimizer state follows the new layout"
 

@@ -48,7 +48,7 @@ def main() -> None:
         steps.append(model.not_an_attribute)  # error: arg-type
         model.generate("three")  # error: arg-type
         optimizer.stepp()  # error: attr-defined
-        loader.dataloder  # error: attr-defined
+        print(loader.dataloder)  # error: attr-defined
         fabric.setup_dataloaders(data)  # error: call-overload
 
 

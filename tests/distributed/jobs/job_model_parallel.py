@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from treadle import Fabric
 from treadle.checkpoint import save_checkpoint
-from treadle.strategies import ModelParallelStrategy
+from treadle.strategies import FSDPStrategy, ModelParallelStrategy
 
 WIDTH, HEADS, VOCAB = 16, 4, 32
 
@@ -111,23 +111,23 @@ def difference(model: nn.Module, reference: nn.Module) -> float:
 
 def main(mode: str, out: str, loaded: str | None) -> None:
     tp = mode == "tp"
-    parallelize = tensor_parallel if tp else data_parallel
-    strategy = ModelParallelStrategy(
-        parallelize,
-        data_parallel_size=1 if tp else 2,
-        tensor_parallel_size=2 if tp else 1,
-        timeout=timedelta(seconds=30),
-    )
+    strategy: Any
+    if mode == "fsdp":  # the plain FSDP strategy, for checkpoints written by the model-parallel one
+        strategy = FSDPStrategy(shard_modules={Block}, timeout=timedelta(seconds=30))
+    else:
+        strategy = ModelParallelStrategy(
+            tensor_parallel if tp else data_parallel,
+            data_parallel_size=1 if tp else 2,
+            tensor_parallel_size=2 if tp else 1,
+            timeout=timedelta(seconds=30),
+        )
     fabric = Fabric(accelerator="cpu", devices=2, strategy=strategy)
     fabric.launch()
     rank = fabric.global_rank
-    seen: dict[str, Any] = {
-        "rank": rank,
-        "mesh": [
-            fabric.strategy.device_mesh.mesh_dim_names,  # type: ignore[attr-defined]
-            tuple(fabric.strategy.device_mesh.shape),
-        ],
-    }  # type: ignore[attr-defined]
+    seen: dict[str, Any] = {"rank": rank}
+    if mode != "fsdp":
+        mesh = strategy.device_mesh
+        seen["mesh"] = [mesh.mesh_dim_names, tuple(mesh.shape)]
 
     torch.manual_seed(0)
     reference = Transformer()

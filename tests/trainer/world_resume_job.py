@@ -64,7 +64,7 @@ def main(mode: str, folder: Path, devices: int) -> None:
             DataLoader(data, batch_size=4, shuffle=True),
             ckpt_path=None if mode == "stop" else folder / "mid.ckpt",
         )
-    rank = trainer.fabric.global_rank
+    rank = trainer.global_rank
     notes = [str(w.message) for w in caught if "cannot be carried over" in str(w.message)]
     torch.save({"seen": model.seen, "warnings": notes}, folder / f"{mode}-{devices}-rank{rank}.pt")
 

@@ -233,6 +233,16 @@ class Trainer:
         return self.fabric.is_global_zero
 
     @property
+    def global_rank(self) -> int:
+        """This process's rank among all processes (0 to ``world_size - 1``)."""
+        return self.fabric.global_rank
+
+    @property
+    def world_size(self) -> int:
+        """How many processes train together."""
+        return self.fabric.world_size
+
+    @property
     def loggers(self) -> list[Any]:
         """The loggers given as ``Trainer(loggers=...)``, as a list (empty without loggers)."""
         return self.fabric.loggers

@@ -75,7 +75,7 @@ def test_print_only_on_rank_zero(job: tuple[Finished, list[dict[str, Any]]]) -> 
 
 
 def test_sampler_partitions_without_overlap_and_reshuffles(ranks: list[dict[str, Any]]) -> None:
-    assert all(seen["sampler"] == "DistributedSampler" and seen["batch_size"] == 2 for seen in ranks)
+    assert all(seen["sampler"] == "ResumableDistributedSampler" and seen["batch_size"] == 2 for seen in ranks)
     for epoch in range(2):
         parts = [seen["epochs"][epoch] for seen in ranks]
         assert sorted(parts[0] + parts[1]) == list(range(10))

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from treadle import Fabric, rank_zero_only
 from treadle.strategies.ddp import DDPStrategy
@@ -142,7 +142,7 @@ def main(out: str) -> None:
     loader = fabric.setup_dataloaders(DataLoader(list(range(10)), batch_size=2, shuffle=True))
     epochs = [[int(i) for b in loader for i in b] for _ in range(2)]
     seen["epochs"] = epochs
-    seen["sampler"] = type(loader.sampler).__name__
+    seen["sampler"] = isinstance(loader.sampler, DistributedSampler) and type(loader.sampler).__name__
     seen["batch_size"] = loader.batch_size
     odd = fabric.setup_dataloaders(DataLoader(list(range(11)), batch_size=2, shuffle=False, drop_last=True))
     seen["drop_last"] = [odd.sampler.drop_last, [int(i) for b in odd for i in b]]

@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 from torch import nn
 
+from treadle.strategies.fsdp_checkpoint import ShardedCheckpoints
 from treadle.strategies.parallel import DEFAULT_TIMEOUT, ParallelStrategy, StartMethod
 from treadle.strategies.replaced_parameters import ReplacedParameters
-
-if TYPE_CHECKING:
-    from treadle.async_save import BackgroundWriter
 
 StateDictType = Literal["sharded", "full"]
 
@@ -28,7 +26,7 @@ _MIXED_DTYPES: dict[str, tuple[torch.dtype, torch.dtype]] = {
 }
 
 
-class FSDPStrategy(ParallelStrategy):
+class FSDPStrategy(ShardedCheckpoints, ParallelStrategy):
     """Shard the model across ranks with FSDP2 (``fully_shard``).
 
     Each submodule whose class is in ``shard_modules`` becomes its own shard group (typically the
@@ -173,60 +171,8 @@ class FSDPStrategy(ParallelStrategy):
         return full_tensor() if callable(full_tensor) else norm
 
     # --- checkpoints ----------------------------------------------------------------------------------
-    def save_checkpoint(
-        self,
-        path: str,
-        state: Mapping[str, Any],
-        filter: Mapping[str, Callable[[str, Any], bool]] | None = None,
-    ) -> None:
-        """Write a sharded folder or a full file, as ``state_dict_type`` says (every rank must call it)."""
-        from treadle.strategies.fsdp_checkpoint import save_full, save_sharded
-
-        self._require_group("save")
-        if self.state_dict_type == "sharded":
-            save_sharded(self, path, state, filter)
-        else:
-            save_full(self, path, state, filter)
-
-    def save_checkpoint_async(
-        self,
-        path: str,
-        state: Mapping[str, Any],
-        filter: Mapping[str, Callable[[str, Any], bool]] | None,
-        writer: BackgroundWriter,
-    ) -> None:
-        """Stage the shards (or gather the full state) now and write them in the background."""
-        from treadle.strategies.fsdp_checkpoint import gather_full, save_sharded_async
-
-        self._require_group("save")
-        if self.state_dict_type == "sharded":
-            save_sharded_async(self, path, state, filter, writer)
-        else:
-            super().save_checkpoint_async(path, gather_full(self, state, filter), filter, writer)
-
-    def load_checkpoint(
-        self, path: str, state: dict[str, Any] | None, strict: bool, weights_only: bool
-    ) -> dict[str, Any]:
-        """Restore from a sharded folder or a full file, whichever ``path`` is (every rank must call it)."""
-        from treadle.strategies.fsdp_checkpoint import load
-
-        self._require_group("load")
-        return load(self, path, state, strict=strict, weights_only=weights_only)
-
-    def sharded_modules(self) -> list[nn.Module]:
-        """The modules this strategy has sharded (and that are still alive)."""
-        return list(self._sharded_modules)
-
-    def __getstate__(self) -> dict[str, Any]:
-        # strategy="fsdp" with start_method="spawn" pickles the strategy into each new process, before any
-        # module is sharded; weak references do not pickle and mean nothing in another process anyway.
-        state = self.__dict__.copy()
-        state.update(_mesh=None, _replaced=ReplacedParameters(), _sharded_modules=None)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._sharded_modules = weakref.WeakSet()
+    def _writes_folder(self) -> bool:
+        return self.state_dict_type == "sharded"
 
     # --- helpers --------------------------------------------------------------------------------------
     def _device_mesh(self) -> Any:

@@ -401,3 +401,62 @@ def _replace_folder(staging: str, target: str, token: str) -> None:
             shutil.rmtree(previous, ignore_errors=True)
         else:
             os.unlink(previous)
+
+
+if TYPE_CHECKING:
+    from treadle.strategies.parallel import ParallelStrategy as _MixinBase
+else:
+    _MixinBase = object
+
+
+class ShardedCheckpoints(_MixinBase):
+    """The checkpoint methods of the strategies that shard modules (mixed into FSDPStrategy and
+    ModelParallelStrategy before ParallelStrategy): a sharded folder or one full file, as
+    ``_writes_folder`` says, written now or in the background; ``load`` reads either, from any layout."""
+
+    _sharded_modules: weakref.WeakSet[nn.Module]
+
+    def _writes_folder(self) -> bool:
+        raise NotImplementedError
+
+    def save_checkpoint(self, path: str, state: Mapping[str, Any], filter: Filter | None = None) -> None:
+        """Write a sharded folder or a full file (every rank must call it)."""
+        self._require_group("save")
+        if self._writes_folder():
+            save_sharded(self, path, state, filter)
+        else:
+            save_full(self, path, state, filter)
+
+    def save_checkpoint_async(
+        self, path: str, state: Mapping[str, Any], filter: Filter | None, writer: BackgroundWriter
+    ) -> None:
+        """Stage the shards (or gather the full state) now and write them in the background."""
+        self._require_group("save")
+        if self._writes_folder():
+            save_sharded_async(self, path, state, filter, writer)
+        else:
+            super().save_checkpoint_async(path, gather_full(self, state, filter), filter, writer)
+
+    def load_checkpoint(
+        self, path: str, state: dict[str, Any] | None, strict: bool, weights_only: bool
+    ) -> dict[str, Any]:
+        """Restore from a sharded folder or a full file, whichever ``path`` is (every rank must call it)."""
+        self._require_group("load")
+        return load(self, path, state, strict=strict, weights_only=weights_only)
+
+    def sharded_modules(self) -> list[nn.Module]:
+        """The modules this strategy has sharded (and that are still alive)."""
+        return list(self._sharded_modules)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # start_method="spawn" pickles the strategy into each new process before any module is sharded; a
+        # mesh and weak references mean nothing in another process.
+        from treadle.strategies.replaced_parameters import ReplacedParameters
+
+        state = self.__dict__.copy()
+        state.update(_mesh=None, _replaced=ReplacedParameters(), _sharded_modules=None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._sharded_modules = weakref.WeakSet()

@@ -12,25 +12,23 @@ from __future__ import annotations
 import contextlib
 import warnings
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
 from treadle.strategies.dtensor_norm import clip_by_norm
 from treadle.strategies.fsdp import _gradient_sync_off
+from treadle.strategies.fsdp_checkpoint import ShardedCheckpoints
 from treadle.strategies.parallel import DEFAULT_TIMEOUT, ParallelStrategy, StartMethod
 from treadle.strategies.replaced_parameters import ReplacedParameters
-
-if TYPE_CHECKING:
-    from treadle.async_save import BackgroundWriter
 
 MESH_DIMS = ("data_parallel", "tensor_parallel")
 
 
-class ModelParallelStrategy(ParallelStrategy):
+class ModelParallelStrategy(ShardedCheckpoints, ParallelStrategy):
     """Split the model with your own ``parallelize_fn`` over a 2D mesh of data- and tensor-parallel ranks.
 
     ``fabric.setup(model)`` calls ``parallelize_fn(model, device_mesh)``; the function applies tensor
@@ -238,10 +236,6 @@ class ModelParallelStrategy(ParallelStrategy):
         """
         return self._replaced.retarget(optimizer)
 
-    def sharded_modules(self) -> list[nn.Module]:
-        """The modules this strategy has parallelized (and that are still alive)."""
-        return list(self._sharded_modules)
-
     # --- data ---------------------------------------------------------------------------------------------
     def distributed_sampler_kwargs(self) -> dict[str, int] | None:
         # The ranks of one tensor-parallel group compute the same samples together: split over data parallel.
@@ -282,58 +276,10 @@ class ModelParallelStrategy(ParallelStrategy):
         return clip_by_norm(self._parameters_with_grads(optimizer), max_norm, norm_type, error_if_nonfinite)
 
     # --- checkpoints --------------------------------------------------------------------------------------
-    def save_checkpoint(
-        self,
-        path: str,
-        state: Mapping[str, Any],
-        filter: Mapping[str, Callable[[str, Any], bool]] | None = None,
-    ) -> None:
-        """A sharded folder, or one full file when ``save_distributed_checkpoint=False`` (every rank calls it)."""
-        from treadle.strategies.fsdp_checkpoint import save_full, save_sharded
+    def _writes_folder(self) -> bool:
+        return self.save_distributed_checkpoint
 
-        self._require_group("save")
-        if self.save_distributed_checkpoint:
-            save_sharded(self, path, state, filter)
-        else:
-            save_full(self, path, state, filter)
-
-    def save_checkpoint_async(
-        self,
-        path: str,
-        state: Mapping[str, Any],
-        filter: Mapping[str, Callable[[str, Any], bool]] | None,
-        writer: BackgroundWriter,
-    ) -> None:
-        """Stage the shards (or gather the full state) now and write them in the background."""
-        from treadle.strategies.fsdp_checkpoint import gather_full, save_sharded_async
-
-        self._require_group("save")
-        if self.save_distributed_checkpoint:
-            save_sharded_async(self, path, state, filter, writer)
-        else:
-            super().save_checkpoint_async(path, gather_full(self, state, filter), filter, writer)
-
-    def load_checkpoint(
-        self, path: str, state: dict[str, Any] | None, strict: bool, weights_only: bool
-    ) -> dict[str, Any]:
-        """Restore from a sharded folder or a full file, whichever ``path`` is (every rank must call it)."""
-        from treadle.strategies.fsdp_checkpoint import load
-
-        self._require_group("load")
-        return load(self, path, state, strict=strict, weights_only=weights_only)
-
-    # --- copies into new processes ------------------------------------------------------------------------
-    def __getstate__(self) -> dict[str, Any]:
-        # start_method="spawn" pickles the strategy before any module exists; a mesh and weak references mean
-        # nothing in another process.
-        state = self.__dict__.copy()
-        state.update(_mesh=None, _replaced=ReplacedParameters(), _sharded_modules=None)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._sharded_modules = weakref.WeakSet()
-
+    # --- how it shows --------------------------------------------------------------------------------------
     def __repr__(self) -> str:
         parts = [f"parallelize_fn={_name(self.parallelize_fn)}"]
         if self.data_parallel_size != "auto":

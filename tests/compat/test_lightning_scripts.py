@@ -152,3 +152,27 @@ def test_lightnings_build_your_own_trainer_runs_with_its_imports_changed(
     assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == [
         "epoch-0001.ckpt", "epoch-0002.ckpt", "epoch-0003.ckpt"
     ]  # fmt: skip
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize(("dp", "tp"), [(1, 2), (2, 1)])
+def test_lightnings_tensor_parallel_example_runs_with_its_imports_changed(
+    tmp_path: Path, dp: int, tp: int
+) -> None:
+    for name in ("model.py", "parallelism.py", "data.py"):
+        (tmp_path / name).write_text(
+            to_treadle(_lightning_example(f"examples/fabric/tensor_parallel/{name}"))
+        )
+    driver = tmp_path / "tp_driver.py"
+    driver.write_text((SCRIPTS / "tp_driver.py").read_text())
+    result = subprocess.run(
+        [sys.executable, str(driver), str(dp), str(tp)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["iterations"] == 128 // 8 // dp and out["last"] < out["first"]
+    assert (tmp_path / "checkpoint.pt" / "meta.pt").is_file(), "a sharded checkpoint folder"

@@ -93,7 +93,9 @@ def test_a_tensor_parallel_checkpoint_loads_into_a_data_parallel_job(jobs: Path,
         assert rank["resharded_moment_difference"] == 0.0, "the optimizer state follows the new layout"
 
 
-@pytest.mark.parametrize("source", ["tp/sharded", "dp/sharded", "tp/full.pt", "dp/full.pt"])
+@pytest.mark.parametrize(
+    "source", ["tp/sharded", "dp/sharded", "fsdp/sharded", "tp/full.pt", "dp/full.pt", "fsdp/full.pt"]
+)
 def test_any_layout_loads_into_one_process_and_training_goes_on(jobs: Path, source: str) -> None:
     mode = source.split("/")[0]
     weights = torch.load(jobs / mode / "weights.pt", weights_only=True)
@@ -105,6 +107,7 @@ def test_any_layout_loads_into_one_process_and_training_goes_on(jobs: Path, sour
     state: dict[str, Any] = {"model": model, "optimizer": optimizer}
     if source.endswith("sharded"):
         state["step"] = 0
+    assert (jobs / source).is_dir() == source.endswith("sharded")
     fabric.load(jobs / source, state)
     for name, value in model.state_dict().items():
         assert torch.equal(value, weights[name]), name

@@ -227,7 +227,10 @@ def main(mode: str, out: str, loaded: str | None) -> None:
     restored = {name: full(value) for name, value in model.state_dict().items()}
     seen["background_round_trip"] = [all(torch.equal(restored[n], v) for n, v in weights.items()), state["step"]]
     seen["leftovers"] = sorted(name for name in os.listdir(out) if name.startswith("."))
-    strategy.save_distributed_checkpoint = False
+    if mode == "fsdp":
+        strategy.state_dict_type = "full"
+    else:
+        strategy.save_distributed_checkpoint = False
     fabric.save(os.path.join(out, "full.pt"), {"model": model, "optimizer": optimizer})
     torch.save(seen, os.path.join(out, f"rank{rank}.pt"))
     fabric.barrier()

@@ -19,3 +19,6 @@ def test_rank_zero_writes_and_every_rank_learns_of_a_failed_write(tmp_path: Path
     assert zero["failure"] == "OSError: [Errno 28] No space left on device"
     assert one["failure"].startswith("RuntimeError: Another rank failed to finish writing the previous")
     assert zero["kept"] == one["kept"] == 1, "the failed write left the previous file"
+    for rank in (zero, one):
+        assert rank["files"] == ["1.ckpt", "last.ckpt"], "the best file and last.ckpt, the rest deleted"
+        assert rank["last_epoch"] == 2, "last.ckpt is the newest state"

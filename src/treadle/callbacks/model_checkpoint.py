@@ -265,7 +265,8 @@ class ModelCheckpoint(Callback):
             target.save(path, self.async_save)
         if self.save_last and keep and self.async_save:
             # The file is still being written: rank 0's writing thread links (or copies) it afterwards.
-            target.after_save(lambda: atomic_link(path, last_path) or _atomic_copy(path, last_path))
+            if target.is_global_zero:
+                target.after_save(lambda: atomic_link(path, last_path) or _atomic_copy(path, last_path))
         elif self.save_last:
             # A hard link renamed over last.ckpt makes it the same file without writing it twice.
             linked = keep and target.is_global_zero and atomic_link(path, last_path)
@@ -274,14 +275,16 @@ class ModelCheckpoint(Callback):
             if not linked:
                 target.save(last_path, self.async_save)
         if target.is_global_zero:
-            # Displaced files go once the new one is on disk (at once for synchronous saves).
-            target.after_save(lambda: self._delete_displaced(displaced))
+            # Displaced files go once the new one is on disk (at once for synchronous saves). The writing
+            # thread gets its own copy of the ranking: the next save changes self._kept meanwhile.
+            kept = list(self._kept)
+            target.after_save(lambda: self._delete_displaced(displaced, kept))
         if self.verbose and target.is_global_zero:
             what = os.path.basename(path) if keep else LAST_NAME
             score_text = f" ({self.monitor}={score:.6g})" if self.monitor is not None else ""
             write_line(f"ModelCheckpoint: saved {what}{score_text}")
 
-    def _delete_displaced(self, displaced: list[str]) -> None:
+    def _delete_displaced(self, displaced: list[str], kept: list[tuple[str, float]]) -> None:
         for old in displaced:
             # Only this run's folder is ours to clean: a file elsewhere (recorded by an older checkpoint)
             # leaves the ranking but stays on disk.
@@ -290,7 +293,7 @@ class ModelCheckpoint(Callback):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(old)
         if displaced:
-            self._write_ranked_list(self._kept)
+            self._write_ranked_list(kept)
 
     def _ranked_list_path(self) -> str:
         assert self._saved_dirpath is not None

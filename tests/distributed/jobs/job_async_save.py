@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from treadle import Fabric, checkpoint
+from treadle.callbacks import ModelCheckpoint
 from treadle.strategies import DDPStrategy
 
 
@@ -30,7 +31,9 @@ def main(out: str) -> None:
     with torch.no_grad():
         model.module.weight.add_(1.0)
     fabric.wait_for_saves()
-    seen["saved_is_the_old_state"] = torch.equal(torch.load(path, weights_only=True)["model"]["weight"], before)
+    seen["saved_is_the_old_state"] = torch.equal(
+        torch.load(path, weights_only=True)["model"]["weight"], before
+    )
 
     real = checkpoint.atomic_save
 
@@ -46,6 +49,19 @@ def main(out: str) -> None:
     except Exception as error:
         seen["failure"] = f"{type(error).__name__}: {error}"
     seen["kept"] = torch.load(path, weights_only=True)["step"]
+
+    # ModelCheckpoint in the background on both ranks: only rank 0 touches the files, after each write.
+    folder = os.path.join(out, "checkpoints")
+    callback = ModelCheckpoint(folder, filename="{epoch}", monitor="loss", save_top_k=1, async_save=True)
+    for epoch, loss in enumerate([2.0, 1.0, 3.0]):
+        state = {"model": model, "epoch": epoch}
+        callback.on_train_epoch_end(
+            fabric=fabric, state=state, metrics={"loss": loss}, epoch=epoch, step=epoch + 1
+        )
+    fabric.wait_for_saves()
+    fabric.barrier()
+    seen["files"] = sorted(name for name in os.listdir(folder) if not name.startswith("."))
+    seen["last_epoch"] = torch.load(os.path.join(folder, "last.ckpt"), weights_only=True)["epoch"]
     fabric.barrier()
     torch.save(seen, os.path.join(out, f"rank{rank}.pt"))
 

@@ -10,8 +10,6 @@ and the end of the process wait for it, and the first of them raises its error, 
 from __future__ import annotations
 
 import atexit
-import contextlib
-import os
 import sys
 import threading
 import weakref
@@ -73,12 +71,8 @@ class BackgroundWriter:
         self._then: list[Callable[[], object]] = []
         self._thread_done = True
         self._lock = threading.Lock()
-        _live.add(self)
-
-    @property
-    def pending(self) -> bool:
-        """Whether a write is still running."""
-        return self._thread is not None and self._thread.is_alive()
+        # Threads are joined before atexit runs; what is left then is to report an error nobody waited for.
+        atexit.register(_report_at_exit, weakref.ref(self))
 
     def submit(self, write: Callable[[], object], what: str) -> None:
         """Wait for the previous write (raising its error), then start ``write`` in a thread.
@@ -91,13 +85,11 @@ class BackgroundWriter:
         self._what = what
 
         def run() -> None:
-            _lower_priority()
             try:
                 write()
                 while True:
                     with self._lock:
                         if not self._then:
-                            self._thread_done = True
                             return
                         follow_up = self._then.pop(0)
                     follow_up()
@@ -144,19 +136,7 @@ class BackgroundWriter:
             )
 
 
-def _lower_priority() -> None:
-    # On Linux a thread has its own nice value: the write yields the cores to training when both want them.
-    setpriority = getattr(os, "setpriority", None)
-    if setpriority is not None and sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError):
-            setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-
-
-_live: weakref.WeakSet[BackgroundWriter] = weakref.WeakSet()
-
-
-@atexit.register
-def _finish_pending_writes() -> None:
-    # Threads are joined before atexit runs; what is left is to report an error nobody waited for.
-    for writer in list(_live):
+def _report_at_exit(reference: weakref.ref[BackgroundWriter]) -> None:
+    writer = reference()
+    if writer is not None:
         writer._report_at_exit()

@@ -400,11 +400,11 @@ def restore_entries(
             if isinstance(target, torch.nn.Module):
                 target.load_state_dict(entry, strict=strict)
             else:
-                target.load_state_dict(_numbered(entry, target, state))
+                target.load_state_dict(_numbered(key, entry, target, state))
     return saved
 
 
-def _numbered(entry: Any, target: Any, state: Mapping[str, Any]) -> Any:
+def _numbered(key: str, entry: Any, target: Any, state: Mapping[str, Any]) -> Any:
     # A sharded job's optimizer state names its parameters; an optimizer here numbers them, so it is
     # renumbered through the model it optimizes (found among the other entries of ``state``).
     from treadle.optimizer_keys import is_keyed_by_name, owner_of, positions_from_names
@@ -412,7 +412,7 @@ def _numbered(entry: Any, target: Any, state: Mapping[str, Any]) -> Any:
     if not isinstance(target, torch.optim.Optimizer) or not is_keyed_by_name(entry):
         return entry
     modules = [unwrap_compiled(v) for v in state.values() if isinstance(unwrap_compiled(v), torch.nn.Module)]
-    owner = owner_of(target, modules)
+    owner = owner_of(key, target, modules)
     if owner is None:
         raise ValueError(
             "The saved optimizer state names its parameters (it was written by a sharded job), so the model "

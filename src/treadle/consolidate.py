@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from treadle import checkpoint
-from treadle.strategies.fsdp_checkpoint import META_FILE
+from treadle.strategies.fsdp_checkpoint import META_FILE, is_sharded_folder
 
 
 def consolidate(folder: str | os.PathLike[str], output: str | os.PathLike[str]) -> str:
@@ -40,7 +40,7 @@ def consolidate(folder: str | os.PathLike[str], output: str | os.PathLike[str]) 
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
     source, target = os.path.abspath(folder), os.path.abspath(output)
-    if not os.path.isdir(source) or not os.path.isfile(os.path.join(source, META_FILE)):
+    if not is_sharded_folder(source):
         what = "does not exist" if not os.path.exists(source) else f"has no {META_FILE}"
         raise FileNotFoundError(
             f"treadle consolidate: the checkpoint folder {os.fspath(folder)!r} {what}, so it is not a sharded "

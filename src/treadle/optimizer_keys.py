@@ -26,13 +26,20 @@ def is_keyed_by_name(saved: Any) -> bool:
     return bool(keys) and all(isinstance(key, str) for key in keys)
 
 
-def owner_of(optimizer: torch.optim.Optimizer, modules: Iterable[nn.Module]) -> nn.Module | None:
-    """The one module among ``modules`` holding every parameter of ``optimizer``, if there is one."""
+def owner_of(key: str, optimizer: torch.optim.Optimizer, modules: Iterable[nn.Module]) -> nn.Module | None:
+    """The module among ``modules`` whose parameters ``state[key]``, an optimizer, steps (None if none).
+
+    Raises:
+        ValueError: it steps parameters of several of them.
+    """
     wanted = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    for module in modules:
-        if wanted <= {id(p) for p in module.parameters()}:
-            return module
-    return None
+    owners = [module for module in modules if wanted & {id(p) for p in module.parameters()}]
+    if len(owners) > 1:
+        raise ValueError(
+            f"state[{key!r}] optimizes parameters of {len(owners)} models; a checkpoint can only match an "
+            "optimizer to one. Use one optimizer per model."
+        )
+    return owners[0] if owners else None
 
 
 def names_from_positions(saved: Any, optimizer: torch.optim.Optimizer, owner: nn.Module) -> Any:
@@ -67,7 +74,13 @@ def positions_from_names(saved: Mapping[str, Any], optimizer: torch.optim.Optimi
         ValueError: a saved name is not a parameter of ``optimizer`` in ``owner``, or the groups differ.
     """
     names = {id(p): name for name, p in owner.named_parameters()}
-    ordered = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    ordered = [names.get(id(p)) for group in optimizer.param_groups for p in group["params"]]
+    if None in ordered:
+        raise ValueError(
+            "The saved optimizer state names its parameters, but this optimizer also steps parameters outside "
+            f"the model {type(owner).__name__}, which have no name there. Create the optimizer over that "
+            "model's parameters only, as in the run that saved it."
+        )
     position = {name: index for index, name in enumerate(ordered)}
     unknown = sorted(
         {str(name) for name in saved.get("state", {}) if name not in position}

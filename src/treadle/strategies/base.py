@@ -351,10 +351,11 @@ class Strategy:
 
         ``path`` may also be a sharded folder written by any number of ranks (FSDP, model parallel): each
         model then takes its full tensors from the shards."""
-        if os.path.isdir(path) and os.path.isfile(os.path.join(path, "meta.pt")):
-            from treadle.strategies.fsdp_checkpoint import load
+        if os.path.isdir(path):  # the sharded-checkpoint module is imported only for folders
+            from treadle.strategies.fsdp_checkpoint import is_sharded_folder, load
 
-            return load(self, path, state, strict=strict, weights_only=weights_only)
+            if is_sharded_folder(path):
+                return load(self, path, state, strict=strict, weights_only=weights_only)
         return checkpoint.load_checkpoint(path, state, strict=strict, weights_only=weights_only)
 
     def sharded_modules(self) -> list[nn.Module]:

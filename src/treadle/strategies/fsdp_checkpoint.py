@@ -25,7 +25,7 @@ from torch import nn
 from treadle import checkpoint
 from treadle.async_save import host_copy
 from treadle.errors import add_note
-from treadle.optimizer_keys import names_from_positions
+from treadle.optimizer_keys import names_from_positions, owner_of
 
 if TYPE_CHECKING:
     from treadle.async_save import BackgroundWriter
@@ -53,13 +53,18 @@ META_FILE = "meta.pt"
 _FORMAT = "treadle-sharded-1"
 
 
+def is_sharded_folder(path: str) -> bool:
+    """Whether ``path`` is a folder that ``fabric.save`` wrote under a sharded strategy."""
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, META_FILE))
+
+
 def save_sharded(
     strategy: ShardingStrategy, path: str, state: Mapping[str, Any], filter: Filter | None
 ) -> None:
     """Every rank writes its shards into a fresh folder; rank 0 then renames it to ``path``."""
     from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
-    sharded, meta, staging, token = _prepare_sharded(strategy, path, state, filter)
+    sharded, meta, staging, token = _prepare_sharded(strategy, path, state, filter, background=False)
     target = os.path.abspath(path)
     try:
         dcp_save(sharded, checkpoint_id=staging)
@@ -90,7 +95,7 @@ def save_sharded_async(
     the folder into place, with no collective outside DCP's separate process group."""
     from torch.distributed.checkpoint.state_dict_saver import async_save as dcp_async_save
 
-    sharded, meta, staging, token = _prepare_sharded(strategy, path, state, filter)
+    sharded, meta, staging, token = _prepare_sharded(strategy, path, state, filter, background=True)
     target = os.path.abspath(path)
     try:
         future = dcp_async_save(sharded, checkpoint_id=staging, process_group=_checkpoint_group(strategy))
@@ -131,9 +136,15 @@ def _checkpoint_group(strategy: ShardingStrategy) -> Any:
 
 
 def _prepare_sharded(
-    strategy: ShardingStrategy, path: str, state: Mapping[str, Any], filter: Filter | None
+    strategy: ShardingStrategy,
+    path: str,
+    state: Mapping[str, Any],
+    filter: Filter | None,
+    *,
+    background: bool,
 ) -> tuple[dict[str, Any], dict[str, Any], str, str]:
-    """The sharded state dicts, rank 0's ``meta.pt`` content, the staging folder (created) and its token."""
+    """The sharded state dicts, rank 0's ``meta.pt`` content (copied off the live tensors for a
+    ``background`` write), the staging folder (created) and its token."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
     modules, optimizers, others = _classify(strategy, state)
@@ -151,9 +162,9 @@ def _prepare_sharded(
     failure: Exception | None = None
     if strategy.is_global_zero:
         try:
-            rest = host_copy(
-                checkpoint.to_saveable(others, {k: keep for k, keep in filter.items() if k in others})
-            )
+            rest = checkpoint.to_saveable(others, {k: keep for k, keep in filter.items() if k in others})
+            if background:
+                rest = host_copy(rest)
         except Exception as error:
             failure = error
     token, shared = strategy.broadcast(
@@ -252,7 +263,7 @@ def _load_sharded(
     from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 
     meta_path = os.path.join(path, META_FILE)
-    if not os.path.isfile(meta_path):
+    if not is_sharded_folder(path):
         raise FileNotFoundError(
             f"{path!r} is a folder but not a sharded treadle checkpoint (it has no {META_FILE}). Pass the "
             "folder that fabric.save wrote with FSDPStrategy(state_dict_type='sharded') or "
@@ -348,7 +359,7 @@ def _classify(
     candidates = list(modules.values()) + [m for m in strategy.sharded_modules() if m not in modules.values()]
     owned: dict[str, tuple[torch.optim.Optimizer, nn.Module]] = {}
     for key, optimizer in optimizers.items():
-        owner = _owner(key, optimizer, candidates)
+        owner = owner_of(key, optimizer, candidates)
         if owner is None:
             others[key] = state[key]  # an optimizer of an unsharded module: an ordinary state dict
         else:
@@ -361,17 +372,6 @@ def is_sharded(module: nn.Module) -> bool:
     from torch.distributed.tensor import DTensor
 
     return any(isinstance(parameter, DTensor) for parameter in module.parameters())
-
-
-def _owner(key: str, optimizer: torch.optim.Optimizer, modules: list[nn.Module]) -> nn.Module | None:
-    wanted = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    owners = [m for m in modules if wanted & {id(p) for p in m.parameters()}]
-    if len(owners) > 1:
-        raise ValueError(
-            f"state[{key!r}] optimizes parameters of {len(owners)} sharded models; a checkpoint can only "
-            "match an optimizer to one. Use one optimizer per model."
-        )
-    return owners[0] if owners else None
 
 
 def _shareable(error: Exception | None) -> Exception | None:

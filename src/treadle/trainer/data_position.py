@@ -46,12 +46,7 @@ class DataPosition:
             if size is None
             else self.start_samples + (batches_done - self.start_batches) * size * world_size
         )
-        return {
-            "world_size": world_size,
-            "batch_size": size,
-            "samples_done": done,
-            "offset": self.start_samples,
-        }
+        return {"world_size": world_size, "samples_done": done, "offset": self.start_samples}
 
     def batches_to_skip(self, batches_done: int) -> int:
         """Batches of a fresh iterator to skip to reach where the epoch stands."""
@@ -114,10 +109,8 @@ class DataPosition:
                 stacklevel=caller_stacklevel(),
             )
             return batches_done, loader
+        full = len(loader)  # batches of a whole epoch; the sampler starts at 0 until here
         sampler.start_position = done
         remaining = len(loader)
-        sampler.start_position = 0
-        full = len(loader)
-        sampler.start_position = done
         self.start_samples, self.start_batches = done, max(0, full - remaining)
         return self.start_batches, loader

@@ -248,7 +248,12 @@ class Strategy:
             # Overflowing gradients are routine under a grad scaler: it skips that step and lowers the scale.
             # Raising here would turn that normal event into a crash.
             error_if_nonfinite = False
-        parameters = self._parameters_with_grads(optimizer)
+        return self._clip_norm(self._parameters_with_grads(optimizer), max_norm, norm_type, error_if_nonfinite)
+
+    def _clip_norm(
+        self, parameters: list[torch.Tensor], max_norm: float, norm_type: float, error_if_nonfinite: bool
+    ) -> torch.Tensor:
+        # What clips, once unscaled: torch's, unless gradients need another way to a total norm.
         return torch.nn.utils.clip_grad_norm_(
             parameters, max_norm, norm_type=norm_type, error_if_nonfinite=error_if_nonfinite
         )

@@ -261,19 +261,11 @@ class ModelParallelStrategy(ShardedCheckpoints, ParallelStrategy):
             stack.enter_context(_gradient_sync_off(root))
         return stack
 
-    def clip_gradients_norm(
-        self,
-        module: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        max_norm: float,
-        norm_type: float = 2.0,
-        error_if_nonfinite: bool = True,
+    def _clip_norm(
+        self, parameters: list[torch.Tensor], max_norm: float, norm_type: float, error_if_nonfinite: bool
     ) -> torch.Tensor:
-        """Clip by the total norm over every DTensor gradient, whatever its mesh; returns a plain tensor."""
-        self.precision.unscale_gradients(optimizer)
-        if self.precision.scaler is not None:
-            error_if_nonfinite = False  # the scaler skips such steps: see Strategy.clip_gradients_norm
-        return clip_by_norm(self._parameters_with_grads(optimizer), max_norm, norm_type, error_if_nonfinite)
+        # Gradients are DTensors on different meshes: one total norm over all of them, as a plain tensor.
+        return clip_by_norm(parameters, max_norm, norm_type, error_if_nonfinite)
 
     # --- checkpoints --------------------------------------------------------------------------------------
     def _writes_folder(self) -> bool:

@@ -187,3 +187,38 @@ def test_the_trainer_returns_with_its_checkpoints_on_disk(tmp_path: Path) -> Non
     last = torch.load(tmp_path / "last.ckpt", weights_only=True)
     assert last["progress"]["global_step"] == 12, "the final state, written before fit() returned"
     assert len([p for p in tmp_path.iterdir() if p.name.endswith(".ckpt")]) == 2
+
+
+def test_after_save_runs_once_the_file_is_written_and_never_after_a_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fabric, model, _ = setup()
+    seen: list[bool] = []
+    fabric.after_save(lambda: seen.append(True))  # nothing in flight: at once
+    assert seen == [True]
+    real = checkpoint.atomic_save
+
+    def slow(obj: Any, path: Any) -> None:
+        time.sleep(0.2)
+        real(obj, path)
+
+    monkeypatch.setattr(checkpoint, "atomic_save", slow)
+    fabric.save(tmp_path / "a.pt", {"model": model}, async_save=True)
+    fabric.after_save(lambda: seen.append((tmp_path / "a.pt").is_file()))
+    assert seen == [True], "not before the write is done"
+    fabric.wait_for_saves()
+    assert seen == [True, True], "after it, with the file in place"
+
+    def full(obj: Any, path: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "atomic_save", full)
+    fabric.save(tmp_path / "b.pt", {"model": model}, async_save=True)
+    fabric.after_save(lambda: seen.append(False))
+    with pytest.raises(OSError, match="No space left"):
+        fabric.wait_for_saves()
+    assert seen == [True, True], "a failed write runs no follow-up"
+    with pytest.raises(TypeError, match=r"Fabric.after_save\(follow_up='x'\) must be a function"):
+        fabric.after_save("x")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"ModelCheckpoint\(async_save='yes'\) must be True or False"):
+        ModelCheckpoint(tmp_path, async_save="yes")  # type: ignore[arg-type]

@@ -728,6 +728,11 @@ class Fabric:
             fabric.save("step-100.pt", state, async_save=True)
             fabric.after_save(lambda: print("step-100.pt is on disk"))
         """
+        if not callable(follow_up):
+            raise TypeError(
+                f"Fabric.after_save(follow_up={follow_up!r}) must be a function taking no arguments, e.g. "
+                "fabric.after_save(lambda: print('saved'))."
+            )
         if self._writer is None:
             follow_up()
         else:
